@@ -1,0 +1,46 @@
+# segmia: membership inference attacks and defences on semantic segmentation models.
+#
+#   snakemake --cores all                                  full paper reproduction (config/config.yaml)
+#   snakemake --cores all --configfile config/demo.yaml    demo on embedded synthetic data (CPU, minutes)
+#   snakemake --cores all results/demo/figures/architectures_ct/roc.png --configfile config/demo.yaml
+#                                                          one figure and only what it needs
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The paper's config, unless --configfile names another (which then replaces it entirely).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+# Jobs import the segmia package of this checkout (in the project's venv or a --sdm conda env).
+shell.prefix(
+    "set -euo pipefail; "
+    f"export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/attacks.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),
+
+
+onsuccess:
+    print_outputs()

@@ -1,0 +1,135 @@
+# Config -> targets. All logic lives in the segmia package (segmia.config, segmia.plan).
+import json
+import sys
+from pathlib import Path
+
+from segmia import plan
+from segmia.config import load_config
+from segmia.runtime import gpu_visible
+from segmia.errors import ConfigError
+
+try:
+    CFG = load_config(config)
+except ConfigError as err:
+    sys.exit(f"segmia: {err}")
+
+ROOT = CFG["results"]
+RES = CFG["resources"]
+# GPU jobs declare resources: gpu=1 (the profiles cap it) when a GPU is configured or visible.
+GPU = int(CFG["device"] == "cuda" or (CFG["device"] == "auto" and gpu_visible()))
+# Every rule runs a step of the segmia package from this checkout (also inside --sdm conda).
+SEGMIA = "python -m segmia"
+ENV = "../../envs/segmia.yaml"
+RUNTIME = "--device {device} {det}".format(
+    device=CFG["device"],
+    det="--deterministic" if CFG["deterministic"] else "--no-deterministic",
+)
+EVALUATIONS = plan.all_evaluations(CFG)
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z][A-Za-z0-9_.]*",
+    arch=r"[A-Za-z][A-Za-z0-9_.]*",
+    varch=r"[A-Za-z][A-Za-z0-9_.]*",
+    sarch=r"[A-Za-z][A-Za-z0-9_.]*",
+    variant=r"[A-Za-z][A-Za-z0-9_.]*",
+    vvariant=r"[A-Za-z][A-Za-z0-9_.]*",
+    svariant=r"[A-Za-z][A-Za-z0-9_.]*",
+    release=r"[A-Za-z][A-Za-z0-9_.]*",
+    study=r"[A-Za-z][A-Za-z0-9_.]*",
+    role="victim|shadow",
+    pool="victim|shadow",
+    attack=r"[a-z0-9_]+",
+    size=r"\d+",
+    seed=r"\d+",
+
+
+def prepared(dataset):
+    d = f"{RES}/{plan.PREPARED.format(dataset=dataset)}"
+    return {
+        "images": f"{d}/images.npy",
+        "masks": f"{d}/masks.npy",
+        "index": f"{d}/index.csv",
+        "meta": f"{d}/meta.json",
+    }
+
+
+def prepared_dir(wildcards):
+    return f"{RES}/{plan.PREPARED.format(dataset=wildcards.dataset)}"
+
+
+def split_file(wildcards):
+    return f"{ROOT}/{plan.SPLIT.format(dataset=wildcards.dataset, seed=wildcards.seed)}"
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def model_from(wildcards, role=None, arch=None, variant=None):
+    return plan.Model(
+        wildcards.dataset,
+        role or wildcards.role,
+        arch or wildcards.arch,
+        variant or wildcards.variant,
+        int(wildcards.size),
+        int(wildcards.seed),
+    )
+
+
+def study_evaluation_files(wildcards, attack=None, name="metrics.json"):
+    return [
+        f"{ROOT}/{ev.path()}/{name}"
+        for ev in EVALUATIONS[wildcards.study]
+        if attack is None or ev.attack == attack
+    ]
+
+
+def all_targets():
+    targets = [f"{ROOT}/summary/models.csv", f"{ROOT}/summary/attacks.csv"]
+    for name in CFG["studies"]:
+        targets += [
+            f"{ROOT}/{stem}.{ext}"
+            for stem in plan.study_tables(CFG, name)
+            for ext in ("csv", "md", "tex")
+        ]
+        targets += [f"{ROOT}/{fig}" for fig in plan.study_figures(CFG, name)]
+    return targets
+
+
+def print_outputs():
+    print(f"\nsegmia: all outputs are under {ROOT}/")
+    print(f"  summaries: {ROOT}/summary/models.csv, {ROOT}/summary/attacks.csv")
+    for name in CFG["studies"]:
+        print(f"  study {name}:")
+        for stem in plan.study_tables(CFG, name):
+            print(f"    table  {ROOT}/{stem}.md (also .csv, .tex)")
+        for fig in plan.study_figures(CFG, name):
+            print(f"    figure {ROOT}/{fig}")
+
+
+def shadow_of(w):
+    return plan.Model(
+        w.dataset, "shadow", w.sarch, w.svariant, int(w.size), int(w.seed)
+    )
+
+
+def victim_of(w):
+    return plan.Model(
+        w.dataset, "victim", w.varch, w.vvariant, int(w.size), int(w.seed)
+    )
+
+
+def evaluation_spec(w):
+    return as_json(
+        {
+            "dataset": w.dataset,
+            "attack": w.attack,
+            "release_name": w.release,
+            "release": plan.release_spec(CFG, w.release),
+            "seed": int(w.seed),
+            "train_size": int(w.size),
+            "victim": {"arch": w.varch, "variant": w.vvariant},
+            "shadow": {"arch": w.sarch, "variant": w.svariant},
+        }
+    )

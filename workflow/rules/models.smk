@@ -1,0 +1,58 @@
+rule train:
+    input:
+        unpack(lambda w: prepared(w.dataset)),
+        split=split_file,
+    output:
+        model=f"{ROOT}/{plan.MODEL}/model.pt",
+        spec=f"{ROOT}/{plan.MODEL}/spec.json",
+        log=f"{ROOT}/{plan.MODEL}/log.csv",
+        metrics=f"{ROOT}/{plan.MODEL}/metrics.json",
+    log:
+        f"{ROOT}/logs/train/{plan.MODEL}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/train/{plan.MODEL}.tsv"
+    conda:
+        ENV
+    threads: CFG["threads"]
+    resources:
+        gpu=GPU,
+    params:
+        spec=lambda w: as_json(plan.model_spec(CFG, model_from(w))),
+        data=prepared_dir,
+        out=lambda w, output: str(Path(output.model).parent),
+        runtime=RUNTIME,
+    shell:
+        SEGMIA
+        + " train --data {params.data} --split {input.split} --spec {params.spec:q}"
+        " --out {params.out} --threads {threads} {params.runtime} 2> {log}"
+
+
+rule query:
+    input:
+        unpack(lambda w: prepared(w.dataset)),
+        split=split_file,
+        model=f"{ROOT}/{plan.MODEL}/model.pt",
+        spec=f"{ROOT}/{plan.MODEL}/spec.json",
+    output:
+        logits=f"{ROOT}/{plan.QUERY}/logits.npy",
+        samples=f"{ROOT}/{plan.QUERY}/samples.csv",
+    log:
+        f"{ROOT}/logs/query/{plan.QUERY}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/query/{plan.QUERY}.tsv"
+    conda:
+        ENV
+    threads: CFG["threads"]
+    resources:
+        gpu=GPU,
+    params:
+        data=prepared_dir,
+        model=lambda w, input: str(Path(input.model).parent),
+        out=lambda w, output: str(Path(output.logits).parent),
+        mia_size=lambda w: CFG["datasets"][w.dataset]["split"]["mia_size"],
+        runtime=RUNTIME,
+    shell:
+        SEGMIA
+        + " query --model {params.model} --data {params.data} --split {input.split}"
+        " --pool {wildcards.pool} --train-size {wildcards.size} --mia-size {params.mia_size}"
+        " --out {params.out} --threads {threads} {params.runtime} 2> {log}"

@@ -1,0 +1,105 @@
+rule table:
+    input:
+        lambda w: study_evaluation_files(w, attack=w.attack),
+    output:
+        csv=report(
+            f"{ROOT}/{plan.TABLE}.csv",
+            caption="../report/table.rst",
+            category="{study}",
+            labels={"type": "table", "attack": "{attack}"},
+        ),
+        md=f"{ROOT}/{plan.TABLE}.md",
+        tex=f"{ROOT}/{plan.TABLE}.tex",
+    log:
+        f"{ROOT}/logs/table/{{study}}/{{attack}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/table/{{study}}/{{attack}}.tsv"
+    conda:
+        ENV
+    params:
+        stem=lambda w, output: output.csv[: -len(".csv")],
+    shell:
+        SEGMIA
+        + " table --study {wildcards.study} --attack {wildcards.attack} --out {params.stem}"
+        " {input} 2> {log}"
+
+
+rule figure:
+    input:
+        metrics=lambda w: study_evaluation_files(w),
+        scores=lambda w: study_evaluation_files(w, name="scores.csv"),
+    output:
+        report(
+            f"{ROOT}/{plan.FIGURE}.png",
+            caption="../report/figure.rst",
+            category="{study}",
+            labels={"type": "figure", "figure": "{figure}"},
+        ),
+    log:
+        f"{ROOT}/logs/figure/{{study}}/{{figure}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/figure/{{study}}/{{figure}}.tsv"
+    wildcard_constraints:
+        figure="heatmap|roc",
+    conda:
+        ENV
+    params:
+        dpi=CFG["plots"]["dpi"],
+        min_fpr=CFG["plots"]["roc_min_fpr"],
+    shell:
+        "{SEGMIA} figure {wildcards.figure} --study {wildcards.study} --out {output}"
+        " --dpi {params.dpi} --min-fpr {params.min_fpr} {input.metrics} 2> {log}"
+
+
+rule study_summary:
+    input:
+        lambda w: study_evaluation_files(w),
+    output:
+        f"{ROOT}/summary/studies/{{study}}.csv",
+    log:
+        f"{ROOT}/logs/summary/{{study}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/summary/{{study}}.tsv"
+    conda:
+        ENV
+    shell:
+        SEGMIA
+        + " collect-study --study {wildcards.study} --out {output} {input} 2> {log}"
+
+
+rule summary_attacks:
+    input:
+        expand(f"{ROOT}/summary/studies/{{study}}.csv", study=list(CFG["studies"])),
+    output:
+        report(
+            f"{ROOT}/summary/attacks.csv",
+            caption="../report/attacks_summary.rst",
+            category="Summary",
+        ),
+    log:
+        f"{ROOT}/logs/summary/attacks.log",
+    benchmark:
+        f"{ROOT}/benchmarks/summary/attacks.tsv"
+    conda:
+        ENV
+    shell:
+        "{SEGMIA} concat --out {output} {input} 2> {log}"
+
+
+rule summary_models:
+    input:
+        [f"{ROOT}/{m.path()}/metrics.json" for m in plan.all_models(CFG)],
+    output:
+        report(
+            f"{ROOT}/summary/models.csv",
+            caption="../report/models_summary.rst",
+            category="Summary",
+        ),
+    log:
+        f"{ROOT}/logs/summary/models.log",
+    benchmark:
+        f"{ROOT}/benchmarks/summary/models.tsv"
+    conda:
+        ENV
+    shell:
+        "{SEGMIA} collect-models --out {output} {input} 2> {log}"

@@ -1,0 +1,1 @@
+"""Membership inference: model outputs and loss maps, attack features, attack models, scoring."""

@@ -1,0 +1,200 @@
+"""Learned attack classifiers (Type-I / Type-II) and their resumable training.
+
+``resnet34`` / ``resnet18``: the study's torchvision ResNet with a 1x1 convolution mapping the
+input channels to 3 and a single-logit head (optionally ImageNet weights). ``small_cnn``: three
+conv-BN-ReLU-pool stages and a linear head, for CPU runs.
+The classifier outputs a logit; the membership score is its sigmoid.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SegmiaError
+from ..runtime import Checkpoint, EpochProgress, autocast, rng_state, set_rng_state
+from .features import attack_features
+from .outputs import QuerySet
+from .release import release
+
+log = logging.getLogger("segmia")
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, in_channels: int, width: int = 16):
+        super().__init__()
+        layers, c = [], in_channels
+        for w in (width, 2 * width, 4 * width):
+            layers += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            c = w
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(1)
+
+
+class ResNetAttack(nn.Module):
+    def __init__(self, in_channels: int, depth: int = 34, pretrained: bool = False):
+        super().__init__()
+        from torchvision import models
+
+        build = {34: models.resnet34, 18: models.resnet18}[depth]
+        weights = (
+            {34: models.ResNet34_Weights, 18: models.ResNet18_Weights}[depth].IMAGENET1K_V1
+            if pretrained
+            else None
+        )
+        try:
+            net = build(weights=weights)
+        except Exception as err:  # no internet, no cache
+            raise SegmiaError(
+                f"could not load ImageNet weights for the ResNet-{depth} attack classifier "
+                f"({str(err).splitlines()[0][:200]}). Download them once on a machine with "
+                "internet access (cached under $TORCH_HOME) or set attack.pretrained: false."
+            ) from None
+        net.fc = nn.Linear(net.fc.in_features, 1)
+        self.adapt = nn.Conv2d(in_channels, 3, kernel_size=1)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.adapt(x)).squeeze(1)
+
+
+def build_classifier(recipe: dict, in_channels: int) -> nn.Module:
+    name = recipe["classifier"]
+    if name == "small_cnn":
+        return SmallCNN(in_channels, recipe.get("width", 16))
+    depth = {"resnet34": 34, "resnet18": 18}[name]
+    return ResNetAttack(in_channels, depth, recipe.get("pretrained", False))
+
+
+def _inputs(
+    query: QuerySet, idx: np.ndarray, kind: str, release_spec: dict, device: torch.device
+) -> torch.Tensor:
+    logits, masks, ids = query.batch(idx)
+    released = release(logits.to(device), release_spec, ids)
+    return attack_features(kind, released, masks.to(device), query.ignore_index)
+
+
+def fit_classifier(
+    query: QuerySet,
+    kind: str,
+    release_spec: dict,
+    recipe: dict,
+    seed: int,
+    out_dir: Path,
+    spec: dict,
+    device: torch.device,
+    in_channels: int,
+):
+    """Train on the shadow's MIA set; return (model, last-k snapshots, per-epoch rows)."""
+    torch.manual_seed(seed)
+    model = build_classifier(recipe, in_channels).to(device)
+    optimizer = torch.optim.NAdam(model.parameters(), lr=recipe["lr"])
+    loss_fn = nn.BCEWithLogitsLoss()
+    labels = torch.from_numpy(query.labels).float()
+    epochs, batch_size, last_k = recipe["epochs"], recipe["batch_size"], recipe["last_k"]
+
+    checkpoint = Checkpoint(out_dir, spec)
+    rows, snapshots, first = [], [], 0
+    state = checkpoint.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        rows, snapshots, first = (
+            list(state["rows"]),
+            list(state["snapshots"]),
+            int(state["epoch"]) + 1,
+        )
+
+    progress = EpochProgress(f"attack {kind}", epochs, first)
+    gen = torch.Generator()
+    for epoch in range(first, epochs):
+        started = time.monotonic()
+        model.train()
+        gen.manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(query), generator=gen).numpy()
+        total, correct = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x = _inputs(query, idx, kind, release_spec, device)
+            y = labels[idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                out = model(x)
+            loss = loss_fn(out.float(), y)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int(((out.detach() > 0).float() == y).sum())
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": total / len(order),
+                "train_accuracy": correct / len(order),
+                "seconds": time.monotonic() - started,
+            }
+        )
+        if epoch >= epochs - last_k:
+            # float16 copies: only the paper-protocol accuracy of past epochs is read from them
+            snapshots.append(
+                {
+                    k: v.detach().cpu().half()
+                    if v.is_floating_point()
+                    else v.detach().cpu().clone()
+                    for k, v in model.state_dict().items()
+                }
+            )
+        checkpoint.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "rows": rows,
+                "snapshots": snapshots,
+                "epoch": epoch,
+            }
+        )
+        progress.update(epoch, loss=rows[-1]["train_loss"], accuracy=rows[-1]["train_accuracy"])
+    progress.close()
+    return model, snapshots, rows
+
+
+@torch.inference_mode()
+def score(
+    model: nn.Module,
+    query: QuerySet,
+    kind: str,
+    release_spec: dict,
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Membership probability of every sample of ``query``."""
+    model.eval()
+    out = []
+    for start in range(0, len(query), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(query)))
+        with autocast(device):
+            out.append(
+                torch.sigmoid(model(_inputs(query, idx, kind, release_spec, device)).float()).cpu()
+            )
+    return torch.cat(out).numpy()
+
+
+def with_weights(model: nn.Module, state: dict) -> nn.Module:
+    other = copy.deepcopy(model)
+    other.load_state_dict(state)
+    return other

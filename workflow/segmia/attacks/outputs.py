@@ -1,0 +1,154 @@
+"""Query a trained model on an MIA set: batched inference, stored for every attack to reuse.
+
+A query directory holds ``logits.npy`` (N x C x H x W float16, memory-mappable) and
+``samples.csv`` (``sample_id``, ``row`` into the prepared arrays, ``member`` 1/0, and per-image
+statistics of the plain output: ``dice_loss`` and ``ce_mean``, the mean per-pixel cross-entropy).
+Released maps, loss maps and attack features are derived from the logits on the fly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.prepared import load_prepared
+from ..data.split import mia_indices, read_split
+from ..io import atomic_path, read_csv, read_npy, write_csv
+from ..models.job import load_model
+from ..models.losses import cross_entropy_map, per_image_dice_loss, probabilities
+from ..runtime import autocast
+
+log = logging.getLogger("segmia")
+
+
+@torch.inference_mode()
+def predict_logits(
+    model,
+    images: np.ndarray,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    out: np.ndarray,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> None:
+    """Write the logits of ``images[rows]`` into ``out`` (float16), ``batch_size`` at a time."""
+    model.eval()
+    if device.type == "cuda" and channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        x = (
+            torch.from_numpy(np.ascontiguousarray(images[batch]))
+            .to(device, non_blocking=True)
+            .float()
+            .div_(255.0)
+        )
+        if device.type == "cuda" and channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x)
+        out[start : start + len(batch)] = logits.float().cpu().numpy().astype(np.float16)
+
+
+def outputs_job(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split_path: str | Path,
+    pool: str,
+    train_size: int,
+    mia_size: int,
+    out_dir: str | Path,
+    device: torch.device,
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    out_dir = Path(out_dir)
+    data = load_prepared(data_dir, check=False)
+    split = read_split(split_path)
+    members, nonmembers = mia_indices(split, pool, train_size, mia_size)
+    rows = np.concatenate([members, nonmembers])
+    model, spec = load_model(model_dir, data.channels, data.out_channels, device)
+    amp = spec["training"].get("amp", True)
+    shape = (len(rows), data.out_channels, data.images.shape[2], data.images.shape[3])
+    with atomic_path(out_dir / "logits.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        predict_logits(model, data.images, rows, batch_size, device, out, amp=amp)
+        out.flush()
+        logits = torch.from_numpy(np.asarray(out, dtype=np.float32))
+        del out
+    masks = torch.from_numpy(np.ascontiguousarray(data.masks[rows])).long()
+    stats = per_image_stats(logits, masks, data.ignore_index)
+    samples = pd.DataFrame(
+        {
+            "sample_id": split.loc[rows, "sample_id"].to_numpy(),
+            "row": rows,
+            "member": np.r_[np.ones(len(members), int), np.zeros(len(nonmembers), int)],
+            **stats,
+        }
+    )
+    write_csv(out_dir / "samples.csv", samples)
+    log.info(
+        "queried %s on %d members + %d non-members of the %s pool",
+        model_dir,
+        len(members),
+        len(nonmembers),
+        pool,
+    )
+    return samples
+
+
+def per_image_stats(
+    logits: torch.Tensor, masks: torch.Tensor, ignore_index: int | None, chunk: int = 256
+) -> dict[str, np.ndarray]:
+    dice, ce = [], []
+    for start in range(0, len(logits), chunk):
+        probs = probabilities(logits[start : start + chunk])
+        m = masks[start : start + chunk]
+        dice.append(per_image_dice_loss(probs, m, ignore_index))
+        ce_map = cross_entropy_map(probs, m, ignore_index)
+        valid = (
+            torch.ones_like(m, dtype=torch.float)
+            if ignore_index is None
+            else (m != ignore_index).float()
+        )
+        ce.append(ce_map.sum((1, 2)) / valid.sum((1, 2)).clamp_min(1))
+    return {"dice_loss": torch.cat(dice).numpy(), "ce_mean": torch.cat(ce).numpy()}
+
+
+class QuerySet:
+    """A model's answers on an MIA set, with the true masks, for building attack inputs."""
+
+    def __init__(self, query_dir: str | Path, data_dir: str | Path):
+        self.dir = Path(query_dir)
+        self.samples = read_csv(self.dir / "samples.csv", required=("sample_id", "row", "member"))
+        self.samples["sample_id"] = self.samples["sample_id"].astype(str)
+        self.sample_ids = self.samples["sample_id"].tolist()
+        self.logits = read_npy(self.dir / "logits.npy")
+        data = load_prepared(data_dir, check=False)
+        self.num_classes, self.ignore_index = data.num_classes, data.ignore_index
+        self.masks = np.ascontiguousarray(data.masks[self.samples["row"].to_numpy()])
+        if len(self.logits) != len(self.samples):
+            from ..errors import DataError
+
+            raise DataError(
+                f"{self.dir}: logits.npy holds {len(self.logits)} maps but samples.csv lists "
+                f"{len(self.samples)} samples; delete the directory and rerun its outputs step."
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.samples["member"].to_numpy()
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(logits float32, masks long, sample ids) of the samples at positions ``idx``."""
+        idx = np.asarray(idx)
+        logits = torch.from_numpy(np.asarray(self.logits[idx], dtype=np.float32))
+        masks = torch.from_numpy(self.masks[idx]).long()
+        return logits, masks, [self.sample_ids[i] for i in idx]

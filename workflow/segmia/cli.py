@@ -1,0 +1,339 @@
+"""``segmia``: one subcommand per pipeline step (each Snakemake rule calls one of them).
+
+Every step can be run by hand with the command its rule prints. Errors the user can fix are
+printed as one paragraph (no traceback) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import SegmiaError
+
+log = logging.getLogger("segmia")
+
+
+def _json(text: str) -> dict:
+    """A JSON object given inline or as @path."""
+    try:
+        if text.startswith("@"):
+            return json.loads(Path(text[1:]).read_text())
+        return json.loads(text)
+    except (OSError, json.JSONDecodeError) as err:
+        raise argparse.ArgumentTypeError(f"not a JSON object or @file: {err}") from None
+
+
+def _runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
+
+
+def _device(args):
+    from .runtime import setup
+
+    return setup(args.device, args.threads, args.deterministic)
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def cmd_synthesize(args) -> None:
+    from .data.prepared import write_prepared
+    from .data.synthetic import generate
+
+    images, masks, index, meta = generate(args.source, args.params)
+    write_prepared(args.out, images, masks, index, {**meta, "name": args.name or meta["name"]})
+    log.info(
+        "wrote %d %s samples (%s) to %s",
+        len(index),
+        args.source,
+        "x".join(map(str, images.shape[1:])),
+        args.out,
+    )
+
+
+def cmd_split(args) -> None:
+    from .data.prepared import load_prepared
+    from .data.split import make_split
+    from .io import write_csv
+
+    data = load_prepared(args.data)
+    split = make_split(data.index, args.params, args.seed, where=str(args.data))
+    write_csv(args.out, split)
+    counts = split.groupby(["pool", "role"]).size()
+    log.info(
+        "split (seed %d): %s", args.seed, ", ".join(f"{p}/{r}={n}" for (p, r), n in counts.items())
+    )
+
+
+def cmd_train(args) -> None:
+    from .models.job import train_job
+
+    train_job(args.data, args.split, args.spec, args.out, _device(args))
+
+
+def cmd_query(args) -> None:
+    from .attacks.outputs import outputs_job
+
+    outputs_job(
+        args.model,
+        args.data,
+        args.split,
+        args.pool,
+        args.train_size,
+        args.mia_size,
+        args.out,
+        _device(args),
+        args.batch_size,
+    )
+
+
+def cmd_fit_attack(args) -> None:
+    from .attacks.job import fit_attack_job
+
+    fit_attack_job(args.shadow_query, args.data, args.spec, args.out, _device(args))
+
+
+def cmd_eval_attack(args) -> None:
+    from .attacks.job import eval_attack_job
+
+    eval_attack_job(
+        args.attack_model, args.victim_query, args.data, args.spec, args.out, _device(args)
+    )
+
+
+def cmd_global_loss(args) -> None:
+    from .attacks.job import global_loss_job
+
+    global_loss_job(args.shadow_model, args.victim_query, args.data, args.spec, args.out)
+
+
+def cmd_collect_models(args) -> None:
+    from .io import write_csv
+    from .report.summary import collect_models
+
+    write_csv(args.out, collect_models(args.inputs))
+
+
+def cmd_collect_study(args) -> None:
+    from .io import write_csv
+    from .report.summary import collect_evaluations
+
+    write_csv(args.out, collect_evaluations(args.study, args.inputs))
+
+
+def cmd_concat(args) -> None:
+    from .io import write_csv
+    from .report.summary import concat
+
+    write_csv(args.out, concat(args.inputs))
+
+
+def cmd_table(args) -> None:
+    from .plan import ATTACK_LABELS
+    from .report.summary import collect_evaluations
+    from .report.tables import write_grid_tables
+
+    frame = collect_evaluations(args.study, args.inputs)
+    title = f"{args.study}: {ATTACK_LABELS.get(args.attack, args.attack)} attack, victim (rows) x shadow (columns)"
+    write_grid_tables(frame, args.out, title)
+
+
+def cmd_figure(args) -> None:
+    from .plan import ATTACK_LABELS
+    from .report import figures
+    from .report.summary import collect_evaluations
+
+    frame = collect_evaluations(args.study, args.inputs)
+    if args.kind == "heatmap":
+        figures.heatmap(
+            frame, args.out, f"{args.study}: attack ROC-AUC", ATTACK_LABELS, dpi=args.dpi
+        )
+    else:
+        curves: dict[str, dict[str, list[str]]] = {}
+        for row in frame.itertuples():
+            panel = ATTACK_LABELS.get(row.attack, row.attack)
+            label = f"victim {row.victim} / shadow {row.shadow}"
+            curves.setdefault(panel, {}).setdefault(label, []).append(
+                str(Path(row.path) / "scores.csv")
+            )
+        figures.roc_figure(
+            curves,
+            args.out,
+            f"{args.study}: ROC (log-log, mean over seeds)",
+            args.min_fpr,
+            args.dpi,
+        )
+
+
+def cmd_check_config(args) -> None:
+    from .config import load_config_file
+    from .plan import all_evaluations, all_models, study_figures, study_tables
+
+    config = load_config_file(args.configfile)
+    evaluations = all_evaluations(config)
+    print(f"{args.configfile}: valid. Results under {config['results']}/")
+    print(
+        f"{len(all_models(config))} segmentation models, {sum(map(len, evaluations.values()))} attack evaluations"
+    )
+    for name, study in config["studies"].items():
+        print(
+            f"\nstudy {name} ({study['type']}, dataset {study['dataset']}): {len(evaluations[name])} evaluations"
+        )
+        for stem in study_tables(config, name):
+            print(f"  {config['results']}/{stem}.{{csv,md,tex}}")
+        for fig in study_figures(config, name):
+            print(f"  {config['results']}/{fig}")
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segmia", description=__doc__.splitlines()[0])
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    s = sub.add_parser("synthesize", help="generate an embedded synthetic dataset")
+    s.add_argument("--source", required=True, choices=["synthetic_ct", "synthetic_scenes"])
+    s.add_argument(
+        "--params", type=_json, required=True, help="the config's synthetic parameters (JSON)"
+    )
+    s.add_argument("--name", help="dataset name recorded in meta.json")
+    s.add_argument("--out", required=True, type=Path)
+    s.set_defaults(func=cmd_synthesize)
+
+    s = sub.add_parser("split", help="seeded group-aware pools and roles")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--params", type=_json, required=True, help="the dataset's split sizes (JSON)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True, type=Path)
+    s.set_defaults(func=cmd_split)
+
+    s = sub.add_parser("train", help="train one segmentation model")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--spec", type=_json, required=True, help="model spec (JSON or @file)")
+    s.add_argument("--out", required=True, type=Path)
+    _runtime(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "query", help="run a model over an MIA set (batched), store logits and per-image losses"
+    )
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--pool", required=True, choices=["victim", "shadow"])
+    s.add_argument("--train-size", type=int, required=True)
+    s.add_argument("--mia-size", type=int, required=True)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--out", required=True, type=Path)
+    _runtime(s)
+    s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("fit-attack", help="train a learned attack on a shadow model's outputs")
+    s.add_argument("--shadow-query", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out", required=True, type=Path)
+    _runtime(s)
+    s.set_defaults(func=cmd_fit_attack)
+
+    s = sub.add_parser("eval-attack", help="apply a fitted learned attack to a victim")
+    s.add_argument("--attack-model", required=True, type=Path)
+    s.add_argument("--victim-query", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out", required=True, type=Path)
+    _runtime(s)
+    s.set_defaults(func=cmd_eval_attack)
+
+    s = sub.add_parser("global-loss", help="global-loss threshold attack on a victim")
+    s.add_argument("--shadow-model", required=True, type=Path)
+    s.add_argument("--victim-query", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out", required=True, type=Path)
+    s.set_defaults(func=cmd_global_loss)
+
+    s = sub.add_parser("collect-models", help="models' metrics.json files -> summary/models.csv")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("inputs", nargs="+")
+    s.set_defaults(func=cmd_collect_models)
+
+    s = sub.add_parser("collect-study", help="a study's evaluation metrics.json files -> one CSV")
+    s.add_argument("--study", required=True)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("inputs", nargs="+")
+    s.set_defaults(func=cmd_collect_study)
+
+    s = sub.add_parser("concat", help="concatenate CSV files with the same columns")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("inputs", nargs="+")
+    s.set_defaults(func=cmd_concat)
+
+    s = sub.add_parser("table", help="a study's table for one attack (CSV, Markdown, LaTeX)")
+    s.add_argument("--study", required=True)
+    s.add_argument("--attack", required=True)
+    s.add_argument("--out", required=True, type=Path, help="path without extension")
+    s.add_argument("inputs", nargs="+", help="metrics.json of the evaluations")
+    s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("figure", help="a study's figure")
+    s.add_argument("kind", choices=["heatmap", "roc"])
+    s.add_argument("--study", required=True)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--dpi", type=int, default=150)
+    s.add_argument("--min-fpr", type=float, default=1e-5)
+    s.add_argument("inputs", nargs="+", help="metrics.json of the evaluations")
+    s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("check-config", help="validate a config file and list each study's outputs")
+    s.add_argument("configfile", type=Path)
+    s.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .runtime import configure_logging
+
+    args = parser().parse_args(argv)
+    configure_logging(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        args.func(args)
+    except SegmiaError as err:
+        print(f"segmia {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            print(
+                f"segmia {args.command}: error: no space left on the device while writing "
+                f"{err.filename or 'an output'}. Free disk space (or point 'results'/'resources' "
+                "in the config to a larger disk) and rerun; finished outputs are intact and "
+                "this step wrote nothing partial.",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError":
+            print(
+                f"segmia {args.command}: error: the GPU ran out of memory ({str(err).splitlines()[0][:160]}). "
+                "Lower training.batch_size (or attack.batch_size) in the config, or run fewer GPU "
+                "jobs at once (snakemake --resources gpu=1); finished outputs are intact.",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: synthetic generators, the uniform prepared format, and the split."""

@@ -1,0 +1,138 @@
+"""Atomic writes and checked reads.
+
+Every output is written to a temporary name in its final directory and renamed into place, so a
+job killed mid-write never leaves a file that a later run could mistake for complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found. Rerun the step that writes it.") from None
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the file is corrupt or "
+            "was cut short. Delete it and rerun the step that writes it."
+        ) from None
+
+
+def write_csv(path: str | os.PathLike, frame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def read_csv(path: str | os.PathLike, required: tuple[str, ...] = ()):
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found. Rerun the step that writes it.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable CSV ({err}). Delete it and rerun its step.") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}. "
+            "The file was written by another version or edited; delete it and rerun its step."
+        )
+    return frame
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def read_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
+    """Load an array (memory-mapped by default); a truncated or corrupt file is a DataError."""
+    path = Path(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found. Rerun the step that writes it.") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(
+            f"{path}: not a readable .npy array ({err}); the file is truncated or corrupt. "
+            "Delete it and rerun the step that writes it."
+        ) from None
+
+
+def write_torch(path: str | os.PathLike, obj: Any) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def read_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, no code."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found. Rerun the step that writes it.") from None
+    except pickle.UnpicklingError as err:
+        raise DataError(
+            f"{path}: refused to load: the checkpoint holds objects other than tensors and plain "
+            f"containers ({str(err).splitlines()[0][:200]}). segmia only loads weights "
+            "(torch.load(weights_only=True)); a checkpoint from elsewhere may run arbitrary code. "
+            "Delete it and rerun the step that writes it."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise DataError(
+            f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:200]}); the file is "
+            "truncated or corrupt. Delete it and rerun the step that writes it."
+        ) from None

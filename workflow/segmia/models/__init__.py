@@ -1,0 +1,1 @@
+"""Segmentation models: architecture registry, losses, metrics, training and its variants."""

@@ -1,0 +1,1 @@
+"""Summaries, tables (CSV, Markdown, LaTeX) and figures, from metrics files only."""

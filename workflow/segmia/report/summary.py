@@ -1,0 +1,77 @@
+"""Collect per-model and per-evaluation metrics files into the summary CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import read_json
+
+MODEL_COLUMNS = [
+    "dataset",
+    "role",
+    "arch",
+    "variant",
+    "train_size",
+    "seed",
+    "val_dice",
+    "val_iou",
+    "train_loss",
+    "val_loss",
+    "train_seconds",
+]
+ATTACK_COLUMNS = [
+    "study",
+    "dataset",
+    "victim",
+    "shadow",
+    "variant",
+    "release",
+    "attack",
+    "seed",
+    "train_size",
+    "auc",
+    "tpr_at_1pct_fpr",
+    "tpr_at_0.1pct_fpr",
+    "accuracy",
+    "f1",
+    "balanced_accuracy",
+]
+
+
+def collect_models(paths: list[str | Path]) -> pd.DataFrame:
+    rows = [read_json(p) for p in paths]
+    frame = pd.DataFrame(rows)
+    extra = [c for c in frame.columns if c not in MODEL_COLUMNS]
+    return frame[MODEL_COLUMNS + extra].sort_values(
+        ["dataset", "role", "arch", "variant", "train_size", "seed"], kind="stable"
+    )
+
+
+def collect_evaluations(study: str, paths: list[str | Path]) -> pd.DataFrame:
+    rows = []
+    for p in paths:
+        m = read_json(p)
+        rows.append(
+            {
+                "study": study,
+                "dataset": m["dataset"],
+                "victim": m["victim_arch"],
+                "shadow": m["shadow_arch"],
+                "variant": m["victim_variant"],
+                "release": m["release_name"],
+                "attack": m["attack"],
+                "seed": m["seed"],
+                "train_size": m["train_size"],
+                **{k: m[k] for k in ATTACK_COLUMNS[9:]},
+                "shadow_variant": m["shadow_variant"],
+                "path": str(Path(p).parent),
+            }
+        )
+    return pd.DataFrame(rows, columns=ATTACK_COLUMNS + ["shadow_variant", "path"])
+
+
+def concat(paths: list[str | Path]) -> pd.DataFrame:
+    frames = [pd.read_csv(p) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ATTACK_COLUMNS)

@@ -1,0 +1,105 @@
+"""Study tables in CSV, Markdown and LaTeX: mean (± standard deviation over seeds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import atomic_path, write_csv
+
+METRIC_LABELS = {
+    "auc": "ROC-AUC",
+    "tpr_at_1pct_fpr": "TPR at 1% FPR",
+    "tpr_at_0.1pct_fpr": "TPR at 0.1% FPR",
+    "accuracy": "Accuracy (paper protocol)",
+    "f1": "F1 (paper protocol)",
+    "balanced_accuracy": "Balanced accuracy",
+}
+
+
+def mean_std(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    grouped = frame.groupby(keys, sort=False)[metrics]
+    out = (
+        grouped.mean()
+        .add_suffix("_mean")
+        .join(grouped.std(ddof=1).add_suffix("_std"))
+        .join(grouped.size().rename("seeds"))
+    )
+    return out.reset_index()
+
+
+def cell(mean: float, std: float, seeds: int) -> str:
+    return f"{mean:.3f}" if seeds < 2 or pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def grid_table(
+    frame: pd.DataFrame, rows: str, cols: str, metrics: list[str]
+) -> dict[str, pd.DataFrame]:
+    """One rows x cols grid of formatted cells per metric."""
+    stats = mean_std(frame, [rows, cols], metrics)
+    order_r = list(dict.fromkeys(frame[rows]))
+    order_c = list(dict.fromkeys(frame[cols]))
+    grids = {}
+    for m in metrics:
+        stats["cell"] = [
+            cell(a, b, n)
+            for a, b, n in zip(stats[f"{m}_mean"], stats[f"{m}_std"], stats["seeds"], strict=True)
+        ]
+        grid = stats.pivot(index=rows, columns=cols, values="cell").reindex(
+            index=order_r, columns=order_c
+        )
+        grid.index.name, grid.columns.name = f"{rows} \\ {cols}", None
+        grids[m] = grid
+    return grids, stats
+
+
+def numeric_grids(
+    stats: pd.DataFrame, rows: str, cols: str, metrics: list[str], frame: pd.DataFrame
+) -> pd.DataFrame:
+    """rows x cols grids of means and standard deviations, stacked: metric, statistic, <rows>, <cols...>."""
+    order_r = list(dict.fromkeys(frame[rows]))
+    order_c = list(dict.fromkeys(frame[cols]))
+    parts = []
+    for m in metrics:
+        for statistic in ("mean", "std"):
+            grid = stats.pivot(index=rows, columns=cols, values=f"{m}_{statistic}").reindex(
+                index=order_r, columns=order_c
+            )
+            grid.columns = [str(c) for c in grid.columns]
+            grid = grid.reset_index()
+            grid.insert(0, "statistic", statistic)
+            grid.insert(0, "metric", m)
+            parts.append(grid)
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_grid_tables(
+    frame: pd.DataFrame,
+    stem: str | Path,
+    title: str,
+    rows: str = "victim",
+    cols: str = "shadow",
+    metrics: list[str] | None = None,
+) -> None:
+    """Write ``stem``.csv (numbers), ``stem``.md and ``stem``.tex (formatted grids per metric)."""
+    metrics = metrics or list(METRIC_LABELS)
+    grids, stats = grid_table(frame, rows, cols, metrics)
+    stem = Path(stem)
+    write_csv(stem.with_suffix(".csv"), numeric_grids(stats, rows, cols, metrics, frame))
+    md = [f"# {title}", ""]
+    tex = [f"% {title}"]
+    for m, grid in grids.items():
+        md += [f"## {METRIC_LABELS[m]}", "", grid.to_markdown(), ""]
+        tex += [
+            grid.to_latex(
+                caption=f"{title}: {METRIC_LABELS[m]}",
+                label=f"tab:{stem.parent.name}-{stem.name}-{m}".replace("_", "-").replace(".", ""),
+                escape=True,
+            ),
+            "",
+        ]
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(md))
+    with atomic_path(stem.with_suffix(".tex")) as tmp:
+        tmp.write_text("\n".join(tex))

@@ -1,0 +1,171 @@
+"""Device, seeding, determinism, mixed precision, progress and resumable epoch checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import read_torch, write_torch
+
+log = logging.getLogger("segmia")
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 31-bit seed derived from ``parts`` (stable across runs and machines)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible, without importing torch (cheap, for the Snakefile)."""
+    return Path("/dev/nvidiactl").exists() or bool(
+        shutil.which("nvidia-smi") and Path("/proc/driver/nvidia").exists()
+    )
+
+
+def setup(device: str = "auto", threads: int = 1, deterministic: bool = True) -> torch.device:
+    """Pick the device (CUDA when present for ``auto``), set threads and determinism."""
+    torch.set_num_threads(max(1, threads))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from .errors import SegmiaError
+
+        raise SegmiaError(
+            "device: cuda is configured but no CUDA device is visible. Set device: auto (or cpu) "
+            "in the config, or run on a GPU node."
+        )
+    if device == "cuda":
+        if deterministic:
+            # CPU kernels are deterministic already; on CUDA this costs speed (no cudnn autotuning,
+            # deterministic scatter/index kernels) and needs a fixed cuBLAS workspace.
+            import os
+
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(device)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA devices that support it (fp16 otherwise); nothing on CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class EpochProgress:
+    """Per-epoch log lines with elapsed time and ETA; a tqdm bar when stderr is a terminal."""
+
+    def __init__(self, what: str, epochs: int, first_epoch: int = 0):
+        self.what, self.epochs, self.first = what, epochs, first_epoch
+        self.start = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=epochs, initial=first_epoch, desc=what, unit="epoch", leave=False)
+        if first_epoch:
+            log.info("%s: resuming after epoch %d of %d", what, first_epoch, epochs)
+
+    def update(self, epoch: int, **values: float) -> None:
+        """Report that 0-based ``epoch`` finished."""
+        done = epoch + 1 - self.first
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / done * (self.epochs - epoch - 1)
+        text = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+        log.info(
+            "%s epoch %d/%d %s elapsed %s eta %s",
+            self.what,
+            epoch + 1,
+            self.epochs,
+            text,
+            _clock(elapsed),
+            _clock(eta),
+        )
+        if self.bar is not None:
+            self.bar.set_postfix(values, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Checkpoint:
+    """The last finished epoch of a job, kept beside (not among) its declared outputs.
+
+    Snakemake deletes the outputs of an incomplete job before rerunning it, so the checkpoint lives
+    in ``<out>/.checkpoint/``; it is tied to the job's spec (a changed spec starts afresh) and
+    removed once the job's outputs are written.
+    """
+
+    def __init__(self, out_dir: str | Path, spec: dict):
+        self.dir = Path(out_dir) / ".checkpoint"
+        self.path = self.dir / "last.pt"
+        self.key = spec_hash(spec)
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = read_torch(self.path)
+        except Exception as err:  # a checkpoint cut short by a kill: start afresh
+            log.warning("ignoring unreadable checkpoint %s (%s)", self.path, err)
+            return None
+        if state.get("key") != self.key:
+            log.info("checkpoint %s belongs to another configuration; starting afresh", self.path)
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        write_torch(self.path, {**state, "key": self.key})
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
