@@ -35,7 +35,7 @@ rule fit_attack:
         out=lambda w, output: str(Path(output.model).parent),
         runtime=RUNTIME,
     shell:
-        "{SEGMIA} fit-attack --shadow-query {params.query} --data {params.data}"
+        "python -m segmia fit-attack --shadow-query {params.query} --data {params.data}"
         " --spec {params.spec:q} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
@@ -67,8 +67,7 @@ rule eval_attack:
         out=lambda w, output: str(Path(output.metrics).parent),
         runtime=RUNTIME,
     shell:
-        SEGMIA
-        + " eval-attack --attack-model {params.attack} --victim-query {params.query}"
+        "python -m segmia eval-attack --attack-model {params.attack} --victim-query {params.query}"
         " --data {params.data} --spec {params.spec:q} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
@@ -96,6 +95,5 @@ rule global_loss:
         query=lambda w, input: str(Path(input.logits).parent),
         out=lambda w, output: str(Path(output.metrics).parent),
     shell:
-        SEGMIA
-        + " global-loss --shadow-model {params.shadow} --victim-query {params.query}"
+        "python -m segmia global-loss --shadow-model {params.shadow} --victim-query {params.query}"
         " --data {params.data} --spec {params.spec:q} --out {params.out} 2> {log}"

@@ -17,8 +17,8 @@ ROOT = CFG["results"]
 RES = CFG["resources"]
 # GPU jobs declare resources: gpu=1 (the profiles cap it) when a GPU is configured or visible.
 GPU = int(CFG["device"] == "cuda" or (CFG["device"] == "auto" and gpu_visible()))
-# Every rule runs a step of the segmia package from this checkout (also inside --sdm conda).
-SEGMIA = "python -m segmia"
+# Every rule runs a step of the segmia package of this checkout ("python -m segmia <step>", the
+# same as the console script "segmia <step>"), also inside a --sdm conda environment.
 ENV = "../../envs/segmia.yaml"
 RUNTIME = "--device {device} {det}".format(
     device=CFG["device"],

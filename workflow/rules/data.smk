@@ -19,7 +19,7 @@ rule synthesize:
         synthetic=lambda w: as_json(CFG["datasets"][w.dataset]["synthetic"]),
         out=prepared_dir,
     shell:
-        "{SEGMIA} synthesize --source {params.source} --name {wildcards.dataset}"
+        "python -m segmia synthesize --source {params.source} --name {wildcards.dataset}"
         " --params {params.synthetic:q} --out {params.out} 2> {log}"
 
 
@@ -38,6 +38,5 @@ rule split:
         sizes=lambda w: as_json(CFG["datasets"][w.dataset]["split"]),
         data=prepared_dir,
     shell:
-        SEGMIA
-        + " split --data {params.data} --params {params.sizes:q} --seed {wildcards.seed}"
+        "python -m segmia split --data {params.data} --params {params.sizes:q} --seed {wildcards.seed}"
         " --out {output} 2> {log}"

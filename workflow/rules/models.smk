@@ -22,8 +22,7 @@ rule train:
         out=lambda w, output: str(Path(output.model).parent),
         runtime=RUNTIME,
     shell:
-        SEGMIA
-        + " train --data {params.data} --split {input.split} --spec {params.spec:q}"
+        "python -m segmia train --data {params.data} --split {input.split} --spec {params.spec:q}"
         " --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
@@ -49,10 +48,9 @@ rule query:
         data=prepared_dir,
         model=lambda w, input: str(Path(input.model).parent),
         out=lambda w, output: str(Path(output.logits).parent),
-        mia_size=lambda w: CFG["datasets"][w.dataset]["split"]["mia_size"],
+        sizes=lambda w: as_json(CFG["datasets"][w.dataset]["split"]),
         runtime=RUNTIME,
     shell:
-        SEGMIA
-        + " query --model {params.model} --data {params.data} --split {input.split}"
-        " --pool {wildcards.pool} --train-size {wildcards.size} --mia-size {params.mia_size}"
+        "python -m segmia query --model {params.model} --data {params.data} --split {input.split}"
+        " --pool {wildcards.pool} --train-size {wildcards.size} --sizes {params.sizes:q}"
         " --out {params.out} --threads {threads} {params.runtime} 2> {log}"

@@ -19,8 +19,7 @@ rule table:
     params:
         stem=lambda w, output: output.csv[: -len(".csv")],
     shell:
-        SEGMIA
-        + " table --study {wildcards.study} --attack {wildcards.attack} --out {params.stem}"
+        "python -m segmia table --study {wildcards.study} --attack {wildcards.attack} --out {params.stem}"
         " {input} 2> {log}"
 
 
@@ -47,7 +46,7 @@ rule figure:
         dpi=CFG["plots"]["dpi"],
         min_fpr=CFG["plots"]["roc_min_fpr"],
     shell:
-        "{SEGMIA} figure {wildcards.figure} --study {wildcards.study} --out {output}"
+        "python -m segmia figure {wildcards.figure} --study {wildcards.study} --out {output}"
         " --dpi {params.dpi} --min-fpr {params.min_fpr} {input.metrics} 2> {log}"
 
 
@@ -63,8 +62,7 @@ rule study_summary:
     conda:
         ENV
     shell:
-        SEGMIA
-        + " collect-study --study {wildcards.study} --out {output} {input} 2> {log}"
+        "python -m segmia collect-study --study {wildcards.study} --out {output} {input} 2> {log}"
 
 
 rule summary_attacks:
@@ -83,7 +81,7 @@ rule summary_attacks:
     conda:
         ENV
     shell:
-        "{SEGMIA} concat --out {output} {input} 2> {log}"
+        "python -m segmia concat --out {output} {input} 2> {log}"
 
 
 rule summary_models:
@@ -102,4 +100,4 @@ rule summary_models:
     conda:
         ENV
     shell:
-        "{SEGMIA} collect-models --out {output} {input} 2> {log}"
+        "python -m segmia collect-models --out {output} {input} 2> {log}"

@@ -87,7 +87,7 @@ def cmd_query(args) -> None:
         args.split,
         args.pool,
         args.train_size,
-        args.mia_size,
+        args.sizes,
         args.out,
         _device(args),
         args.batch_size,
@@ -232,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--pool", required=True, choices=["victim", "shadow"])
     s.add_argument("--train-size", type=int, required=True)
-    s.add_argument("--mia-size", type=int, required=True)
+    s.add_argument("--sizes", type=_json, required=True, help="the dataset's split sizes (JSON)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--out", required=True, type=Path)
     _runtime(s)

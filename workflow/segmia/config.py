@@ -171,14 +171,26 @@ def _check_references(config: dict, raw: dict) -> None:
             for s in config["studies"].values()
             if s["dataset"] == name and "train_size" in s
         ]
+        from_val = split["nonmembers"] == "validation"
+        if from_val and split["mia_size"] > split["val_size"]:
+            raise ConfigError(
+                f"Invalid configuration: 'datasets.{name}.split.mia_size' is {split['mia_size']}, "
+                f"but with nonmembers: validation the non-members are validation samples, so it "
+                f"must be <= val_size ({split['val_size']})."
+            )
+        held_out = (
+            max(split["val_size"], split["mia_size"])
+            if from_val
+            else split["val_size"] + split["mia_size"]
+        )
+        what = "max(val_size, mia_size)" if from_val else "val_size + mia_size"
         for pool in ("victim_pool", "shadow_pool"):
-            need = split["val_size"] + split["mia_size"] + max(sizes)
+            need = held_out + max(sizes)
             if split[pool] < need:
                 raise ConfigError(
                     f"Invalid configuration: 'datasets.{name}.split.{pool}' is {split[pool]}, but "
-                    f"a pool must hold val_size + mia_size + the largest training size = "
-                    f"{split['val_size']} + {split['mia_size']} + {max(sizes)} = {need} samples. "
-                    "Enlarge the pool or shrink the sizes."
+                    f"a pool must hold {what} + the largest training size = {held_out} + "
+                    f"{max(sizes)} = {need} samples. Enlarge the pool or shrink the sizes."
                 )
         if ds["source"] in SYNTHETIC_SOURCES:
             syn = ds["synthetic"]

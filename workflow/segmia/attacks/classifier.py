@@ -104,7 +104,7 @@ def fit_classifier(
     model = build_classifier(recipe, in_channels).to(device)
     optimizer = torch.optim.NAdam(model.parameters(), lr=recipe["lr"])
     loss_fn = nn.BCEWithLogitsLoss()
-    labels = torch.from_numpy(query.labels).float()
+    labels = torch.tensor(query.labels, dtype=torch.float32)
     epochs, batch_size, last_k = recipe["epochs"], recipe["batch_size"], recipe["last_k"]
 
     checkpoint = Checkpoint(out_dir, spec)

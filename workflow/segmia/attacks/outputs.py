@@ -61,7 +61,7 @@ def outputs_job(
     split_path: str | Path,
     pool: str,
     train_size: int,
-    mia_size: int,
+    sizes: dict,
     out_dir: str | Path,
     device: torch.device,
     batch_size: int = 64,
@@ -69,7 +69,7 @@ def outputs_job(
     out_dir = Path(out_dir)
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
-    members, nonmembers = mia_indices(split, pool, train_size, mia_size)
+    members, nonmembers = mia_indices(split, pool, train_size, sizes)
     rows = np.concatenate([members, nonmembers])
     model, spec = load_model(model_dir, data.channels, data.out_channels, device)
     amp = spec["training"].get("amp", True)

@@ -4,7 +4,8 @@ Every sample gets a ``pool`` (``victim``, ``shadow`` or ``unused``) and, inside 
 ``role``:
 
 - ``val``: validation set of the pool's models (``val_size`` samples),
-- ``nonmember``: held-out MIA non-members (``mia_size`` samples),
+- ``nonmember``: held-out MIA non-members (``mia_size`` samples; with ``nonmembers:
+  validation`` none are allocated and the validation samples serve as non-members),
 - ``train``: training candidates, ranked by ``order``; a model with training-set size N trains on
   the samples with ``order < N``, and its MIA members are those with ``order < min(mia_size, N)``,
 - ``unused``: left over (the tail of a group cut to hit a size exactly).
@@ -43,6 +44,11 @@ def _take(
     return taken, groups, tail
 
 
+def roles(sizes: dict) -> tuple[str, ...]:
+    """Roles allocated in a pool: non-members may be taken from the validation set instead."""
+    return ("val", "train") if sizes.get("nonmembers") == "validation" else ROLES
+
+
 def make_split(index: pd.DataFrame, sizes: dict, seed: int, where: str = "dataset") -> pd.DataFrame:
     """Split ``index`` (columns sample_id, group) into pools and roles; deterministic in ``seed``."""
     n = len(index)
@@ -69,7 +75,7 @@ def make_split(index: pd.DataFrame, sizes: dict, seed: int, where: str = "datase
     for name in POOLS:
         # the cut tail of the pool's last group stays out of both pools ("unused")
         pool_groups, groups, _ = _take(groups, sizes[f"{name}_pool"])
-        for r in ROLES:
+        for r in roles(sizes):
             want = (
                 sizes["val_size"] if r == "val" else sizes["mia_size"] if r == "nonmember" else None
             )
@@ -95,7 +101,10 @@ def make_split(index: pd.DataFrame, sizes: dict, seed: int, where: str = "datase
     )
     for name in POOLS:
         counts = split.loc[split["pool"] == name, "role"].value_counts()
-        for r, want in (("val", sizes["val_size"]), ("nonmember", sizes["mia_size"])):
+        need = {"val": sizes["val_size"], "nonmember": sizes["mia_size"]}
+        for r, want in need.items():
+            if r not in roles(sizes):
+                continue
             if counts.get(r, 0) < want:
                 raise DataError(
                     f"{where}: the {name} pool ({sizes[f'{name}_pool']} samples) could not fill "
@@ -130,14 +139,15 @@ def role_indices(split: pd.DataFrame, pool: str, role: str) -> np.ndarray:
 
 
 def mia_indices(
-    split: pd.DataFrame, pool: str, size: int, mia_size: int
+    split: pd.DataFrame, pool: str, size: int, sizes: dict
 ) -> tuple[np.ndarray, np.ndarray]:
     """(members, non-members) of the MIA set of the model of ``pool`` with training size ``size``.
 
     Members are the first min(mia_size, size) training samples, non-members as many held-out
-    samples: the set is balanced 50/50.
+    samples (validation samples with ``nonmembers: validation``): the set is balanced 50/50.
     """
-    k = min(mia_size, size)
+    k = min(sizes["mia_size"], size)
     members = train_indices(split, pool, size)[:k]
-    nonmembers = role_indices(split, pool, "nonmember")[:k]
+    source = "val" if sizes.get("nonmembers") == "validation" else "nonmember"
+    nonmembers = role_indices(split, pool, source)[:k]
     return members, nonmembers

@@ -1,0 +1,88 @@
+"""Shared fixtures: the repository, configs in temporary directories, running Snakemake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).parent / "configs"
+BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config):
+    # one torch thread per test worker: the suite runs with pytest -n 2 on 2 cores
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def write_config(tmp_path: Path, config: dict, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> dict:
+    """The tiny workflow config with results and resources under ``tmp_path``."""
+    config = load_yaml(CONFIGS / "tiny.yaml")
+    config["results"] = str(tmp_path / "results")
+    config["resources"] = str(tmp_path / "resources")
+    return config
+
+
+def snakemake_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_snakemake(
+    *args: str,
+    workdir: Path,
+    configfile: Path | None = None,
+    check: bool = True,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
+    """Run this venv's Snakemake on the repository's Snakefile with its own working directory
+    (its own .snakemake/ metadata and lock), so tests can run in parallel."""
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+    ]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    cmd += list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env(), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def run_segmia(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "segmia", *args],
+        capture_output=True,
+        text=True,
+        env=snakemake_env(),
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"segmia {args[0]} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return proc

@@ -1,0 +1,131 @@
+"""Config validation: defaults, readable errors naming the key, cross-references."""
+
+import copy
+
+import pytest
+from conftest import CONFIGS, REPO, load_yaml, run_snakemake, write_config
+from segmia.config import load_config, load_config_file
+from segmia.errors import ConfigError
+
+
+@pytest.fixture
+def tiny():
+    return load_yaml(CONFIGS / "tiny.yaml")
+
+
+def test_shipped_configs_are_valid():
+    for path in [
+        REPO / "config" / "demo.yaml",
+        REPO / "config" / "config.yaml",
+        CONFIGS / "tiny.yaml",
+    ]:
+        config = load_config_file(path)
+        assert config["studies"]
+
+
+def test_defaults_are_filled(tiny):
+    config = load_config(tiny)
+    assert config["deterministic"] is True
+    assert config["attack"]["classifier"] == "small_cnn"
+    assert config["studies"]["grid"]["attacks"] == ["type1", "type2", "global_loss"]
+    # the dataset's training recipe = top-level recipe + schema defaults
+    assert config["datasets"]["ct"]["training"]["epochs"] == 40
+    assert config["datasets"]["ct"]["training"]["optimizer"] == "nadam"
+
+
+def test_dataset_training_overrides_only_the_keys_it_sets(tiny):
+    tiny["datasets"]["ct"]["training"] = {"lr": 0.5}
+    config = load_config(tiny)
+    assert config["datasets"]["ct"]["training"]["lr"] == 0.5
+    assert config["datasets"]["ct"]["training"]["epochs"] == 40
+
+
+def _error(config) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c.update(epochz=3), ["epochz", "top level", "allowed keys", "studies"]),
+        (lambda c: c["training"].update(epochs="ten"), ["training.epochs", "integer", "ten"]),
+        (lambda c: c["training"].update(epochs=0), ["training.epochs", ">= 1"]),
+        (
+            lambda c: c["datasets"]["ct"].update(source="imagenet"),
+            ["datasets.ct.source", "allowed values", "synthetic_ct"],
+        ),
+        (
+            lambda c: c["datasets"]["ct"]["split"].update(trian_size=3),
+            ["trian_size", "datasets.ct.split", "train_size"],
+        ),
+        (
+            lambda c: c["studies"]["grid"].update(dataset="liver"),
+            ["studies.grid.dataset", "liver", "ct"],
+        ),
+        (
+            lambda c: c["studies"]["grid"].update(architectures=["tiny", "resnet99"]),
+            ["studies.grid.architectures", "resnet99", "tiny"],
+        ),
+        (
+            lambda c: c["studies"]["grid"].update(attacks=["type3"]),
+            ["studies.grid.attacks.0", "type3", "global_loss"],
+        ),
+        (
+            lambda c: c["architectures"]["tiny"].update(strides=[2]),
+            ["architectures.tiny", "strides"],
+        ),
+        (
+            lambda c: c["datasets"]["ct"]["split"].update(victim_pool=30),
+            ["datasets.ct.split.victim_pool", "val_size + mia_size"],
+        ),
+        (lambda c: c["attack"].update(classifier="vit"), ["attack.classifier", "small_cnn"]),
+        (lambda c: c.update(device="tpu"), ["device", "cuda"]),
+    ],
+)
+def test_invalid_config_names_the_key(tiny, mutate, expected):
+    config = copy.deepcopy(tiny)
+    mutate(config)
+    message = _error(config)
+    assert message.startswith("Invalid configuration")
+    for word in expected:
+        assert word in message, message
+    assert "\n" not in message
+
+
+def test_snakemake_stops_before_any_job_with_the_message(tmp_path, tiny):
+    tiny["results"] = str(tmp_path / "results")
+    tiny["training"]["epochs"] = -1
+    proc = run_snakemake(
+        "-n", "--cores", "1", workdir=tmp_path, configfile=write_config(tmp_path, tiny), check=False
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "'training.epochs' is -1; it must be >= 1" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "results").exists()
+
+
+def _schema_keys(node, schema, seen=None):
+    """Every property name the schema defines (following $refs)."""
+    seen = set() if seen is None else seen
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if ref and ref not in seen:
+            seen.add(ref)
+            yield from _schema_keys(schema["$defs"][ref.split("/")[-1]], schema, seen)
+        for key, value in node.get("properties", {}).items():
+            yield key
+            yield from _schema_keys(value, schema, seen)
+        for key in ("additionalProperties", "items"):
+            if isinstance(node.get(key), dict):
+                yield from _schema_keys(node[key], schema, seen)
+
+
+def test_every_config_key_is_documented():
+    from segmia.config import schema
+
+    doc = (REPO / "config" / "README.md").read_text()
+    missing = sorted({k for k in _schema_keys(schema(), schema()) if f"`{k}`" not in doc})
+    assert not missing, f"keys missing from config/README.md: {missing}"

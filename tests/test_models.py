@@ -1,0 +1,159 @@
+"""Architecture registry, training determinism and resume after a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import snakemake_env
+from segmia.io import read_torch
+from segmia.models.losses import dice_loss
+from segmia.models.registry import build_model
+
+ARCHS = {
+    "monai_unet": {"family": "monai_unet", "channels": [4, 8], "strides": [2], "norm": "batch"},
+    "monai_unet_res": {
+        "family": "monai_unet",
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 1,
+    },
+    "smp_resnet34": {"family": "smp_unet", "encoder": "resnet34"},
+    "smp_mobilenet_v2": {"family": "smp_unet", "encoder": "mobilenet_v2"},
+    "smp_vgg11": {"family": "smp_unet", "encoder": "vgg11"},
+}
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize(("in_channels", "out_channels"), [(1, 1), (3, 5)])
+def test_every_architecture_trains_one_step(name, in_channels, out_channels):
+    torch.manual_seed(0)
+    model = build_model(ARCHS[name], in_channels, out_channels)
+    x = torch.rand(2, in_channels, 32, 32)
+    y = torch.randint(0, 2 if out_channels == 1 else out_channels, (2, 32, 32))
+    loss_fn = dice_loss(2 if out_channels == 1 else out_channels, None)
+    optimizer = torch.optim.NAdam(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    logits = model(x)
+    assert logits.shape == (2, out_channels, 32, 32)
+    loss = loss_fn(logits, y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def _train_cmd(tmp_path, out, data, split, spec):
+    import json
+
+    return [
+        sys.executable,
+        "-m",
+        "segmia",
+        "train",
+        "--data",
+        str(data),
+        "--split",
+        str(split),
+        "--spec",
+        json.dumps(spec),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+
+
+@pytest.fixture
+def prepared_ct(tmp_path):
+    from segmia.data.prepared import write_prepared
+    from segmia.data.split import make_split
+    from segmia.data.synthetic import generate
+    from segmia.io import write_csv
+
+    images, masks, index, meta = generate(
+        "synthetic_ct", dict(groups=10, group_size=4, height=32, width=32, noise=0.3, seed=0)
+    )
+    write_prepared(tmp_path / "data", images, masks, index, meta)
+    write_csv(
+        tmp_path / "split.csv",
+        make_split(
+            index, dict(victim_pool=20, shadow_pool=20, train_size=12, val_size=4, mia_size=4), 0
+        ),
+    )
+    spec = {
+        "dataset": "ct",
+        "role": "victim",
+        "pool": "victim",
+        "arch_name": "tiny",
+        "arch": ARCHS["monai_unet"],
+        "variant_name": "none",
+        "variant": {"type": "none"},
+        "train_size": 12,
+        "seed": 0,
+        "training": {"epochs": 12, "batch_size": 4, "lr": 1e-3, "optimizer": "nadam"},
+    }
+    return tmp_path / "data", tmp_path / "split.csv", spec
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path, prepared_ct):
+    data, split, spec = prepared_ct
+    env = snakemake_env()
+    subprocess.run(
+        _train_cmd(tmp_path, tmp_path / "full", data, split, spec),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, killed, data, split, spec),
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    checkpoint = killed / ".checkpoint" / "last.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint.exists() and read_torch(checkpoint)["epoch"] >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.pt").exists()
+    resumed = subprocess.run(
+        _train_cmd(tmp_path, killed, data, split, spec),
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert "resuming after epoch" in resumed.stderr
+    full, again = read_torch(tmp_path / "full" / "model.pt"), read_torch(killed / "model.pt")
+    assert full.keys() == again.keys()
+    for key in full:
+        assert torch.equal(full[key], again[key]), key
+    assert (tmp_path / "full" / "log.csv").read_text().count("\n") == (
+        killed / "log.csv"
+    ).read_text().count("\n")
+    assert not (killed / ".checkpoint").exists()
+
+
+def test_training_is_deterministic(tmp_path, prepared_ct):
+    data, split, spec = prepared_ct
+    spec["training"]["epochs"] = 2
+    env = snakemake_env()
+    for name in ("a", "b"):
+        subprocess.run(
+            _train_cmd(tmp_path, tmp_path / name, data, split, spec),
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+    a, b = read_torch(tmp_path / "a" / "model.pt"), read_torch(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

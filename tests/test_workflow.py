@@ -1,0 +1,74 @@
+"""The pipeline through Snakemake on the tiny config: contents, not just files."""
+
+import pandas as pd
+import pytest
+from conftest import run_snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from conftest import CONFIGS, load_yaml
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    config = load_yaml(CONFIGS / "tiny.yaml")
+    config["results"] = str(tmp / "results")
+    config["resources"] = str(tmp / "resources")
+    configfile = write_config(tmp, config)
+    proc = run_snakemake("--cores", "2", workdir=tmp, configfile=configfile)
+    return tmp, config, configfile, proc
+
+
+def test_summaries_have_one_row_per_model_and_evaluation(tiny_run):
+    tmp, config, _, proc = tiny_run
+    root = tmp / "results"
+    models = pd.read_csv(root / "summary" / "models.csv")
+    assert len(models) == 4  # 2 architectures x (victim, shadow), each trained once
+    assert set(models["role"]) == {"victim", "shadow"}
+    assert (
+        models[["dataset", "role", "arch", "variant", "train_size", "seed"]].duplicated().sum() == 0
+    )
+    assert (models["val_dice"] > 0.5).all(), models
+    assert (models["train_loss"] < models["val_loss"]).all(), "the victims should overfit"
+    attacks = pd.read_csv(root / "summary" / "attacks.csv")
+    assert len(attacks) == 2 * 2 * 3
+    assert set(attacks["attack"]) == {"type1", "type2", "global_loss"}
+    assert (
+        attacks[["auc", "accuracy", "f1", "balanced_accuracy", "tpr_at_1pct_fpr"]]
+        .notna()
+        .all()
+        .all()
+    )
+    assert "segmia: all outputs are under" in proc.stdout
+
+
+def test_overfitted_victims_are_attackable(tiny_run):
+    tmp, *_ = tiny_run
+    attacks = pd.read_csv(tmp / "results" / "summary" / "attacks.csv")
+    matched = attacks[
+        (attacks["victim"] == attacks["shadow"]) & attacks["attack"].isin(["type2", "global_loss"])
+    ]
+    assert matched["auc"].max() > 0.6, matched[["victim", "attack", "auc"]]
+
+
+def test_tables_match_the_summary(tiny_run):
+    tmp, *_ = tiny_run
+    root = tmp / "results"
+    attacks = pd.read_csv(root / "summary" / "attacks.csv")
+    for attack in ("type1", "type2", "global_loss"):
+        table = pd.read_csv(root / "tables" / "grid" / f"{attack}.csv")
+        auc = table[(table["metric"] == "auc") & (table["statistic"] == "mean")].set_index("victim")
+        for row in attacks[attacks["attack"] == attack].itertuples():
+            assert auc.loc[row.victim, row.shadow] == pytest.approx(row.auc)
+        md = (root / "tables" / "grid" / f"{attack}.md").read_text()
+        assert "ROC-AUC" in md and "tiny_res" in md
+        assert "\\begin{tabular}" in (root / "tables" / "grid" / f"{attack}.tex").read_text()
+    for fig in ("heatmap", "roc"):
+        assert (root / "figures" / "grid" / f"{fig}.png").stat().st_size > 5000
+
+
+def test_rerun_has_nothing_to_do_and_one_figure_needs_only_its_study(tiny_run):
+    tmp, _, configfile, _ = tiny_run
+    proc = run_snakemake("-n", "--cores", "1", workdir=tmp, configfile=configfile)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
