@@ -77,6 +77,44 @@ def model_from(wildcards, role=None, arch=None, variant=None):
     )
 
 
+def teacher_input(wildcards):
+    """A distilled victim needs its teacher, the undefended victim (trained once, reused)."""
+    if plan.variant_spec(CFG, wildcards.variant)["type"] != "distillation":
+        return {}
+    return {"teacher": f"{ROOT}/{plan.teacher(model_from(wildcards)).path()}/model.pt"}
+
+
+def study_inputs(wildcards, table=None):
+    """Files a study's table or figure reads: evaluations, victims' metrics, backdoor results."""
+    study = CFG["studies"][wildcards.study]
+    evaluations = EVALUATIONS[wildcards.study]
+    if study["type"] == "architectures" and table is not None:
+        evaluations = [ev for ev in evaluations if ev.attack == table]
+    files = {
+        "evaluations": [f"{ROOT}/{ev.path()}/metrics.json" for ev in evaluations],
+        "scores": [f"{ROOT}/{ev.path()}/scores.csv" for ev in evaluations],
+        "models": [
+            f"{ROOT}/{m.path()}/metrics.json"
+            for m in plan.study_victims(CFG, wildcards.study)
+        ],
+    }
+    backdoors = plan.study_backdoors(CFG, wildcards.study)
+    if backdoors:
+        files["backdoors"] = [f"{ROOT}/{b}" for b in backdoors]
+    return files
+
+
+def study_file_args(wildcards, input):
+    """The command-line arguments naming the files of ``study_inputs``."""
+    args = [
+        f"--evaluations {' '.join(input.evaluations)}",
+        f"--models {' '.join(input.models)}",
+    ]
+    if "backdoors" in input.keys():
+        args.append(f"--backdoors {' '.join(input.backdoors)}")
+    return " ".join(args)
+
+
 def study_evaluation_files(wildcards, attack=None, name="metrics.json"):
     return [
         f"{ROOT}/{ev.path()}/{name}"

@@ -1,6 +1,7 @@
 rule train:
     input:
         unpack(lambda w: prepared(w.dataset)),
+        unpack(teacher_input),
         split=split_file,
     output:
         model=f"{ROOT}/{plan.MODEL}/model.pt",
@@ -20,10 +21,15 @@ rule train:
         spec=lambda w: as_json(plan.model_spec(CFG, model_from(w))),
         data=prepared_dir,
         out=lambda w, output: str(Path(output.model).parent),
+        teacher=lambda w, input: (
+            f"--teacher {Path(input.teacher).parent}"
+            if "teacher" in input.keys()
+            else ""
+        ),
         runtime=RUNTIME,
     shell:
         "python -m segmia train --data {params.data} --split {input.split} --spec {params.spec:q}"
-        " --out {params.out} --threads {threads} {params.runtime} 2> {log}"
+        " {params.teacher} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
 rule query:
@@ -54,3 +60,35 @@ rule query:
         "python -m segmia query --model {params.model} --data {params.data} --split {input.split}"
         " --pool {wildcards.pool} --train-size {wildcards.size} --sizes {params.sizes:q}"
         " --out {params.out} --threads {threads} {params.runtime} 2> {log}"
+
+
+rule backdoor:
+    input:
+        unpack(lambda w: prepared(w.dataset)),
+        split=split_file,
+        model=f"{ROOT}/{plan.MODEL}/model.pt",
+        metrics=f"{ROOT}/{plan.MODEL}/metrics.json",
+    output:
+        f"{ROOT}/{plan.BACKDOOR}",
+    log:
+        f"{ROOT}/logs/backdoor/{plan.BACKDOOR}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/backdoor/{plan.BACKDOOR}.tsv"
+    wildcard_constraints:
+        trigger="square|line",
+        target="almost_empty|empty",
+        tsize=r"\d+",
+        tvalue=r"\d+",
+    conda:
+        ENV
+    threads: CFG["threads"]
+    resources:
+        gpu=GPU,
+    params:
+        data=prepared_dir,
+        model=lambda w, input: str(Path(input.model).parent),
+        runtime=RUNTIME,
+    shell:
+        "python -m segmia backdoor --model {params.model} --data {params.data} --split {input.split}"
+        " --trigger {wildcards.trigger} --size {wildcards.tsize} --value {wildcards.tvalue}"
+        " --target {wildcards.target} --out {output} --threads {threads} {params.runtime} 2> {log}"

@@ -1,32 +1,33 @@
 rule table:
     input:
-        lambda w: study_evaluation_files(w, attack=w.attack),
+        unpack(lambda w: study_inputs(w, table=w.table)),
     output:
         csv=report(
             f"{ROOT}/{plan.TABLE}.csv",
             caption="../report/table.rst",
             category="{study}",
-            labels={"type": "table", "attack": "{attack}"},
+            labels={"type": "table", "table": "{table}"},
         ),
         md=f"{ROOT}/{plan.TABLE}.md",
         tex=f"{ROOT}/{plan.TABLE}.tex",
     log:
-        f"{ROOT}/logs/table/{{study}}/{{attack}}.log",
+        f"{ROOT}/logs/table/{{study}}/{{table}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/table/{{study}}/{{attack}}.tsv"
+        f"{ROOT}/benchmarks/table/{{study}}/{{table}}.tsv"
     conda:
         ENV
     params:
         stem=lambda w, output: output.csv[: -len(".csv")],
+        study=lambda w: as_json(CFG["studies"][w.study]),
+        files=study_file_args,
     shell:
-        "python -m segmia table --study {wildcards.study} --attack {wildcards.attack} --out {params.stem}"
-        " {input} 2> {log}"
+        "python -m segmia table --study {wildcards.study} --table {wildcards.table}"
+        " --study-json {params.study:q} --out {params.stem} {params.files} 2> {log}"
 
 
 rule figure:
     input:
-        metrics=lambda w: study_evaluation_files(w),
-        scores=lambda w: study_evaluation_files(w, name="scores.csv"),
+        unpack(study_inputs),
     output:
         report(
             f"{ROOT}/{plan.FIGURE}.png",
@@ -39,15 +40,18 @@ rule figure:
     benchmark:
         f"{ROOT}/benchmarks/figure/{{study}}/{{figure}}.tsv"
     wildcard_constraints:
-        figure="heatmap|roc",
+        figure="|".join(sorted({f for fs in plan.STUDY_FIGURES.values() for f in fs})),
     conda:
         ENV
     params:
+        study=lambda w: as_json(CFG["studies"][w.study]),
+        files=study_file_args,
         dpi=CFG["plots"]["dpi"],
         min_fpr=CFG["plots"]["roc_min_fpr"],
     shell:
-        "python -m segmia figure {wildcards.figure} --study {wildcards.study} --out {output}"
-        " --dpi {params.dpi} --min-fpr {params.min_fpr} {input.metrics} 2> {log}"
+        "python -m segmia figure {wildcards.figure} --study {wildcards.study}"
+        " --study-json {params.study:q} --out {output} --dpi {params.dpi}"
+        " --min-fpr {params.min_fpr} {params.files} 2> {log}"
 
 
 rule study_summary:

@@ -34,6 +34,15 @@ def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
 
 
+def _study_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study-json", type=_json, required=True, help="the study's config (JSON)")
+    p.add_argument(
+        "--evaluations", nargs="+", required=True, help="metrics.json of the evaluations"
+    )
+    p.add_argument("--models", nargs="+", required=True, help="metrics.json of the victims")
+    p.add_argument("--backdoors", nargs="*", default=[], help="backdoor results (poisoning)")
+
+
 def _device(args):
     from .runtime import setup
 
@@ -75,7 +84,23 @@ def cmd_split(args) -> None:
 def cmd_train(args) -> None:
     from .models.job import train_job
 
-    train_job(args.data, args.split, args.spec, args.out, _device(args))
+    train_job(args.data, args.split, args.spec, args.out, _device(args), teacher_dir=args.teacher)
+
+
+def cmd_backdoor(args) -> None:
+    from .models.backdoor import backdoor_job
+
+    backdoor_job(
+        args.model,
+        args.data,
+        args.split,
+        args.trigger,
+        args.size,
+        args.value,
+        args.target,
+        args.out,
+        _device(args),
+    )
 
 
 def cmd_query(args) -> None:
@@ -136,40 +161,33 @@ def cmd_concat(args) -> None:
 
 
 def cmd_table(args) -> None:
-    from .plan import ATTACK_LABELS
-    from .report.summary import collect_evaluations
-    from .report.tables import write_grid_tables
+    from .report.studies import write_table
 
-    frame = collect_evaluations(args.study, args.inputs)
-    title = f"{args.study}: {ATTACK_LABELS.get(args.attack, args.attack)} attack, victim (rows) x shadow (columns)"
-    write_grid_tables(frame, args.out, title)
+    write_table(
+        args.study,
+        args.study_json,
+        args.table,
+        args.evaluations,
+        args.models,
+        args.backdoors,
+        args.out,
+    )
 
 
 def cmd_figure(args) -> None:
-    from .plan import ATTACK_LABELS
-    from .report import figures
-    from .report.summary import collect_evaluations
+    from .report.studies import draw_figure
 
-    frame = collect_evaluations(args.study, args.inputs)
-    if args.kind == "heatmap":
-        figures.heatmap(
-            frame, args.out, f"{args.study}: attack ROC-AUC", ATTACK_LABELS, dpi=args.dpi
-        )
-    else:
-        curves: dict[str, dict[str, list[str]]] = {}
-        for row in frame.itertuples():
-            panel = ATTACK_LABELS.get(row.attack, row.attack)
-            label = f"victim {row.victim} / shadow {row.shadow}"
-            curves.setdefault(panel, {}).setdefault(label, []).append(
-                str(Path(row.path) / "scores.csv")
-            )
-        figures.roc_figure(
-            curves,
-            args.out,
-            f"{args.study}: ROC (log-log, mean over seeds)",
-            args.min_fpr,
-            args.dpi,
-        )
+    draw_figure(
+        args.study,
+        args.study_json,
+        args.kind,
+        args.evaluations,
+        args.models,
+        args.backdoors,
+        args.out,
+        args.dpi,
+        args.min_fpr,
+    )
 
 
 def cmd_check_config(args) -> None:
@@ -220,6 +238,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
     s.add_argument("--spec", type=_json, required=True, help="model spec (JSON or @file)")
+    s.add_argument("--teacher", type=Path, help="distillation: the teacher's model directory")
     s.add_argument("--out", required=True, type=Path)
     _runtime(s)
     s.set_defaults(func=cmd_train)
@@ -237,6 +256,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     _runtime(s)
     s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser(
+        "backdoor", help="backdoor success of a model on triggered validation images"
+    )
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--split", required=True, type=Path)
+    s.add_argument("--trigger", required=True, choices=["square", "line"])
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--value", type=int, required=True)
+    s.add_argument("--target", required=True, choices=["almost_empty", "empty"])
+    s.add_argument("--out", required=True, type=Path)
+    _runtime(s)
+    s.set_defaults(func=cmd_backdoor)
 
     s = sub.add_parser("fit-attack", help="train a learned attack on a shadow model's outputs")
     s.add_argument("--shadow-query", required=True, type=Path)
@@ -279,20 +312,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+")
     s.set_defaults(func=cmd_concat)
 
-    s = sub.add_parser("table", help="a study's table for one attack (CSV, Markdown, LaTeX)")
+    s = sub.add_parser("table", help="a study's table (CSV, Markdown, LaTeX)")
     s.add_argument("--study", required=True)
-    s.add_argument("--attack", required=True)
+    s.add_argument(
+        "--table", required=True, help="architectures: the attack; else the study type's table"
+    )
     s.add_argument("--out", required=True, type=Path, help="path without extension")
-    s.add_argument("inputs", nargs="+", help="metrics.json of the evaluations")
+    _study_inputs(s)
     s.set_defaults(func=cmd_table)
 
-    s = sub.add_parser("figure", help="a study's figure")
-    s.add_argument("kind", choices=["heatmap", "roc"])
+    s = sub.add_parser("figure", help="a study's figure (PNG)")
+    s.add_argument("kind", choices=["heatmap", "roc", "privacy_utility", "epsilon", "poisoning"])
     s.add_argument("--study", required=True)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--dpi", type=int, default=150)
     s.add_argument("--min-fpr", type=float, default=1e-5)
-    s.add_argument("inputs", nargs="+", help="metrics.json of the evaluations")
+    _study_inputs(s)
     s.set_defaults(func=cmd_figure)
 
     s = sub.add_parser("check-config", help="validate a config file and list each study's outputs")

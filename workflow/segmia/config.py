@@ -151,19 +151,9 @@ def _check_references(config: dict, raw: dict) -> None:
                     "(feature maps per level) and 'strides' with one entry fewer than 'channels', "
                     f"got channels={channels} strides={strides}."
                 )
+    _check_defences(config)
     for name, study in config["studies"].items():
-        where = f"studies.{name}"
-        if study["dataset"] not in datasets:
-            raise ConfigError(
-                f"Invalid configuration: '{where}.dataset' is {study['dataset']!r}, which is not "
-                f"defined under 'datasets'; defined datasets: {', '.join(sorted(datasets))}."
-            )
-        for arch in study.get("architectures", []):
-            if arch not in archs:
-                raise ConfigError(
-                    f"Invalid configuration: '{where}.architectures' names {arch!r}, which is not "
-                    f"defined under 'architectures'; defined: {', '.join(sorted(archs))}."
-                )
+        _check_study(config, name, study)
     for name, ds in datasets.items():
         split = ds["split"]
         sizes = [split["train_size"]] + [
@@ -202,6 +192,97 @@ def _check_references(config: dict, raw: dict) -> None:
                     f"synthetic dataset has groups x group_size = {total}. Raise "
                     f"'datasets.{name}.synthetic.groups' or shrink the pools."
                 )
+
+
+#: the keys each study type uses (besides type, dataset, attacks, train_size, seeds, caption)
+STUDY_KEYS = {
+    "architectures": {"architectures"},
+    "defences": {"architecture", "defences"},
+    "dp_sweep": {"architecture", "defence", "epsilons"},
+    "poisoning": {"architecture", "rates", "triggers", "trigger_size", "trigger_value", "target"},
+}
+COMMON_STUDY_KEYS = {"type", "dataset", "attacks", "train_size", "seeds", "caption"}
+
+#: the parameters each defence type takes
+DEFENCE_KEYS = {
+    "argmax": {"faithful"},
+    "output_noise": {"sigma"},
+    "crop": {"fraction", "epoch_factor"},
+    "mixup": {"alpha"},
+    "minmax": {"lambda", "attack_lr", "attack_width", "attack_batch_size"},
+    "dp": {"epsilon", "delta", "max_grad_norm", "lr", "accountant", "grad_sample_mode"},
+    "distillation": {"reference_size"},
+}
+#: defences that post-process the released outputs (the others are training variants)
+RELEASE_DEFENCES = ("argmax", "output_noise")
+
+
+def _fail(message: str) -> None:
+    raise ConfigError(f"Invalid configuration: {message}")
+
+
+def _check_defences(config: dict) -> None:
+    for name, defence in config["defences"].items():
+        allowed = DEFENCE_KEYS[defence["type"]]
+        extra = sorted(set(defence) - allowed - {"type"})
+        if extra:
+            _fail(
+                f"'defences.{name}' (type {defence['type']}) does not take "
+                f"{', '.join(repr(k) for k in extra)}; its keys: {', '.join(sorted(allowed))}."
+            )
+
+
+def _check_study(config: dict, name: str, study: dict) -> None:
+    where = f"studies.{name}"
+    datasets, archs, defences = config["datasets"], config["architectures"], config["defences"]
+    allowed = STUDY_KEYS[study["type"]] | COMMON_STUDY_KEYS
+    extra = sorted(set(study) - allowed)
+    if extra:
+        _fail(
+            f"'{where}' (type {study['type']}) does not use {', '.join(repr(k) for k in extra)}; "
+            f"its keys: {', '.join(sorted(allowed))}."
+        )
+    if study["dataset"] not in datasets:
+        _fail(
+            f"'{where}.dataset' is {study['dataset']!r}, which is not defined under 'datasets'; "
+            f"defined datasets: {', '.join(sorted(datasets))}."
+        )
+    for arch in study.get("architectures", []) + (
+        [study["architecture"]] if "architecture" in study else []
+    ):
+        if arch not in archs:
+            key = "architectures" if "architectures" in study else "architecture"
+            _fail(
+                f"'{where}.{key}' names {arch!r}, which is not defined under 'architectures'; "
+                f"defined: {', '.join(sorted(archs))}."
+            )
+    for defence in study.get("defences", []):
+        if defence != "none" and defence not in defences:
+            _fail(
+                f"'{where}.defences' names {defence!r}, which is not defined under 'defences'; "
+                f"defined: {', '.join(['none', *sorted(defences)])}."
+            )
+    if study["type"] == "dp_sweep":
+        base = defences.get(study["defence"])
+        if base is None or base["type"] != "dp":
+            dps = [n for n, d in defences.items() if d["type"] == "dp"] or ["(none defined)"]
+            _fail(
+                f"'{where}.defence' is {study['defence']!r}; it must name a defence of type dp: {', '.join(dps)}."
+            )
+    uses_kd = any(
+        defences.get(d, {}).get("type") == "distillation" for d in study.get("defences", [])
+    )
+    if uses_kd:
+        split = datasets[study["dataset"]]["split"]
+        n = study.get("train_size") or split["train_size"]
+        held = split["val_size"] + (0 if split["nonmembers"] == "validation" else split["mia_size"])
+        if split["victim_pool"] - held - n < 1:
+            _fail(
+                f"'{where}' uses knowledge distillation, whose reference set is the victim pool's "
+                f"training candidates beyond N, but 'datasets.{study['dataset']}.split.victim_pool' "
+                f"({split['victim_pool']}) leaves none after validation, MIA and N = {held + n} "
+                "samples. Enlarge the pool or drop the defence."
+            )
 
 
 def _resolve_training(config: dict, raw: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import study_seeds
+from .config import RELEASE_DEFENCES, study_seeds
 
 SPLIT = "{dataset}/splits/s{seed}.csv"
 MODEL = "{dataset}/models/{role}/{arch}/{variant}/n{size}_s{seed}"
@@ -19,14 +19,22 @@ ATTACK_MODEL = "{dataset}/attack_models/{attack}/{release}/{arch}/{variant}/n{si
 EVALUATION = (
     "{dataset}/attacks/{attack}/{release}/{varch}/{vvariant}/vs_{sarch}/{svariant}/n{size}_s{seed}"
 )
-TABLE = "tables/{study}/{attack}"
+TABLE = "tables/{study}/{table}"
 FIGURE = "figures/{study}/{figure}"
 PREPARED = "prepared/{dataset}"
+BACKDOOR = MODEL + "/backdoor/{trigger}_k{tsize}_v{tvalue}_{target}.json"
 
 LEARNED_ATTACKS = ("type1", "type2")
 ATTACK_LABELS = {"type1": "Type-I", "type2": "Type-II", "global_loss": "Global loss"}
 #: the figures every study of a type renders
-STUDY_FIGURES = {"architectures": ("heatmap", "roc")}
+STUDY_FIGURES = {
+    "architectures": ("heatmap", "roc"),
+    "defences": ("privacy_utility", "roc"),
+    "dp_sweep": ("epsilon", "roc"),
+    "poisoning": ("poisoning", "roc"),
+}
+#: the single table of the study types that have one (architectures: one per attack)
+STUDY_TABLES = {"defences": "defences", "dp_sweep": "epsilon", "poisoning": "poisoning"}
 
 
 @dataclass(frozen=True)
@@ -101,19 +109,100 @@ def train_size(config: dict, study: dict) -> int:
     )
 
 
+def variants(config: dict) -> dict[str, dict]:
+    """Every training variant the config uses, by the name its model paths carry.
+
+    Training defences keep their config name; a DP sweep adds ``<dp>.eps<e>`` (the base defence
+    itself at its own epsilon); a poisoning study adds
+    ``poison.<trigger>.k<size>.v<value>.<target>.p<rate>`` for every rate above 0 (rate 0 is the
+    clean model, trained once).
+    """
+    out = {"none": {"type": "none"}}
+    for name, defence in config["defences"].items():
+        if defence["type"] not in RELEASE_DEFENCES:
+            out[name] = defence
+    for study in config["studies"].values():
+        for name, spec in _study_variants(config, study).items():
+            out[name] = spec
+    return out
+
+
+def releases(config: dict) -> dict[str, dict]:
+    """Every output post-processing (release) the config uses, by name."""
+    out = {"none": {"type": "none"}}
+    for name, defence in config["defences"].items():
+        if defence["type"] in RELEASE_DEFENCES:
+            out[name] = defence
+    return out
+
+
+def _study_variants(config: dict, study: dict) -> dict[str, dict]:
+    """{variant name: spec} of a study's victims (the shadow always trains as 'none')."""
+    kind = study["type"]
+    if kind == "defences":
+        return {
+            d: config["defences"].get(d, {"type": "none"})
+            for d in study["defences"]
+            if d == "none" or config["defences"][d]["type"] not in RELEASE_DEFENCES
+        }
+    if kind == "dp_sweep":
+        base = config["defences"][study["defence"]]
+        out = {"none": {"type": "none"}}
+        for eps in study["epsilons"]:
+            name = study["defence"] if eps == base["epsilon"] else f"{study['defence']}.eps{eps:g}"
+            out[name] = {**base, "epsilon": eps}
+        return out
+    if kind == "poisoning":
+        out = {"none": {"type": "none"}}
+        for trigger in study["triggers"]:
+            for rate in study["rates"]:
+                if rate > 0:
+                    out[poison_variant(study, trigger, rate)] = {
+                        "type": "poison",
+                        "rate": rate,
+                        "trigger": trigger,
+                        "size": study["trigger_size"],
+                        "value": study["trigger_value"],
+                        "target": study["target"],
+                    }
+        return out
+    return {"none": {"type": "none"}}
+
+
+def poison_variant(study: dict, trigger: str, rate: float) -> str:
+    if rate == 0:
+        return "none"
+    return f"poison.{trigger}.k{study['trigger_size']}.v{study['trigger_value']}.{study['target']}.p{rate:g}"
+
+
 def study_evaluations(config: dict, name: str) -> list[Evaluation]:
     study = config["studies"][name]
     dataset, size = study["dataset"], train_size(config, study)
-    evaluations = []
+    attacks = study["attacks"]
+    pairs: list[
+        tuple[str, str, str, str]
+    ] = []  # (victim arch, victim variant, shadow arch, release)
     if study["type"] == "architectures":
-        for seed in study_seeds(config, study):
-            for varch in study["architectures"]:
-                for sarch in study["architectures"]:
-                    victim = Model(dataset, "victim", varch, "none", size, seed)
-                    shadow = Model(dataset, "shadow", sarch, "none", size, seed)
-                    for attack in study["attacks"]:
-                        evaluations.append(Evaluation(dataset, attack, "none", victim, shadow))
-    return evaluations
+        pairs = [
+            (v, "none", s, "none") for v in study["architectures"] for s in study["architectures"]
+        ]
+    elif study["type"] == "defences":
+        arch = study["architecture"]
+        for d in study["defences"]:
+            is_release = d != "none" and config["defences"][d]["type"] in RELEASE_DEFENCES
+            pairs.append((arch, "none", arch, d) if is_release else (arch, d, arch, "none"))
+    else:  # dp_sweep, poisoning: one victim per training variant, undefended shadow
+        arch = study["architecture"]
+        pairs = [(arch, v, arch, "none") for v in _study_variants(config, study)]
+    evaluations = []
+    for seed in study_seeds(config, study):
+        for varch, vvariant, sarch, release in pairs:
+            victim = Model(dataset, "victim", varch, vvariant, size, seed)
+            shadow = Model(dataset, "shadow", sarch, "none", size, seed)
+            evaluations += [
+                Evaluation(dataset, attack, release, victim, shadow) for attack in attacks
+            ]
+    return list(dict.fromkeys(evaluations))
 
 
 def all_evaluations(config: dict) -> dict[str, list[Evaluation]]:
@@ -129,9 +218,35 @@ def all_models(config: dict) -> list[Model]:
     return list(models)
 
 
+def study_victims(config: dict, name: str) -> list[Model]:
+    return list(dict.fromkeys(ev.victim for ev in study_evaluations(config, name)))
+
+
+def study_backdoors(config: dict, name: str) -> list[str]:
+    """Backdoor evaluations of a poisoning study: every victim x trigger (clean ones included)."""
+    study = config["studies"][name]
+    if study["type"] != "poisoning":
+        return []
+    out = []
+    for model in study_victims(config, name):
+        for trigger in study["triggers"]:
+            out.append(
+                BACKDOOR.format(
+                    **model.__dict__,
+                    trigger=trigger,
+                    tsize=study["trigger_size"],
+                    tvalue=study["trigger_value"],
+                    target=study["target"],
+                )
+            )
+    return out
+
+
 def study_tables(config: dict, name: str) -> list[str]:
-    """Table stems (no extension) of a study: one per attack."""
-    return [TABLE.format(study=name, attack=a) for a in config["studies"][name]["attacks"]]
+    """Table stems (no extension) of a study."""
+    study = config["studies"][name]
+    names = study["attacks"] if study["type"] == "architectures" else [STUDY_TABLES[study["type"]]]
+    return [TABLE.format(study=name, table=t) for t in names]
 
 
 def study_figures(config: dict, name: str) -> list[str]:
@@ -159,12 +274,13 @@ def model_spec(config: dict, model: Model) -> dict:
 
 
 def variant_spec(config: dict, name: str) -> dict:
-    if name == "none":
-        return {"type": "none"}
-    raise KeyError(name)
+    return variants(config)[name]
 
 
 def release_spec(config: dict, name: str) -> dict:
-    if name == "none":
-        return {"type": "none"}
-    raise KeyError(name)
+    return releases(config)[name]
+
+
+def teacher(model: Model) -> Model:
+    """The teacher of a distilled victim: the undefended victim (same architecture, size, seed)."""
+    return Model(model.dataset, model.role, model.arch, "none", model.size, model.seed)

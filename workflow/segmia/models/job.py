@@ -16,10 +16,12 @@ import torch
 
 from ..data.prepared import load_prepared
 from ..data.split import read_split, role_indices, train_indices
+from ..errors import SegmiaError
 from ..io import read_json, read_torch, write_csv, write_json, write_torch
 from ..runtime import Checkpoint, stable_seed
 from .registry import build_model
-from .train import Arrays, Recipe, fit
+from .train import Arrays, Extras, Recipe, Task, fit
+from .variants import batch_transform, epochs_for
 
 log = logging.getLogger("segmia")
 
@@ -36,48 +38,99 @@ def model_seed(spec: dict) -> int:
     )
 
 
+def _extras(spec, data, train, val, device) -> Extras:
+    """The training variant's additions to the plain loop."""
+    variant = spec["variant"]
+    kind = variant["type"]
+    extras = Extras(transform=batch_transform(variant))
+    if kind == "dp":
+        extras.private = {**variant, "delta": variant.get("delta") or 1.0 / len(train)}
+    if kind == "minmax":
+        from .minmax import MinMax
+
+        extras.regulariser = MinMax(
+            variant, train, val, data.out_channels, data.ignore_index, device
+        )
+    return extras
+
+
 def train_job(
     data_dir: str | Path,
     split_path: str | Path,
     spec: dict,
     out_dir: str | Path,
     device: torch.device,
+    teacher_dir: str | Path | None = None,
 ) -> dict:
+    """Train the model described by ``spec`` (a training variant included) into ``out_dir``."""
     out_dir = Path(out_dir)
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
-    pool = spec["pool"]
+    pool, variant = spec["pool"], spec["variant"]
     train_rows = train_indices(split, pool, spec["train_size"])
     val_rows = role_indices(split, pool, "val")
     on_device = device if spec["training"].get("data_on_device", True) else torch.device("cpu")
-    train = Arrays.from_numpy(data.images, data.masks, train_rows, on_device)
     val = Arrays.from_numpy(data.images, data.masks, val_rows, on_device)
+    extra_metrics: dict = {}
+    if variant["type"] == "distillation":
+        from .distill import distillation_set
+
+        if teacher_dir is None:
+            raise SegmiaError(
+                "the distillation variant needs --teacher (the undefended victim's model directory)"
+            )
+        teacher, _ = load_model(teacher_dir, data.channels, data.out_channels, device)
+        teacher_metrics = read_json(Path(teacher_dir) / "metrics.json")
+        images, labels, rows = distillation_set(
+            split,
+            pool,
+            spec["train_size"],
+            variant,
+            data,
+            teacher,
+            teacher_metrics["val_loss"],
+            data.ignore_index,
+            device,
+        )
+        train = Arrays(images.to(on_device), labels.to(on_device))
+        extra_metrics = {
+            "distillation_reference_size": int(variant["reference_size"]),
+            "distillation_kept": len(rows),
+            "teacher_seconds": teacher_metrics["train_seconds"],
+        }
+        del teacher
+    else:
+        train = Arrays.from_numpy(data.images, data.masks, train_rows, on_device)
     recipe = Recipe.from_config(spec["training"])
+    recipe.epochs = epochs_for(variant, recipe.epochs)
     seed = model_seed(spec)
     torch.manual_seed(seed)
-    model = build_model(spec["arch"], data.channels, data.out_channels)
+    model = build_model(
+        spec["arch"], data.channels, data.out_channels, private=variant["type"] == "dp"
+    )
     log.info(
-        "training %s/%s %s on %d samples (validation %d), %d epochs, device %s",
+        "training %s/%s %s (%s) on %d samples (validation %d), %d epochs, device %s",
         spec["dataset"],
         spec["role"],
         spec["arch_name"],
+        spec["variant_name"],
         len(train),
         len(val),
         recipe.epochs,
         device,
     )
     started = time.monotonic()
-    model, rows = fit(
+    model, rows, info = fit(
         model,
         train,
         val,
         recipe,
-        data.num_classes,
-        data.ignore_index,
+        Task(data.num_classes, data.ignore_index),
         seed,
         out_dir,
         spec,
         device,
+        extras=_extras(spec, data, train, val, device),
         name=f"{spec['role']}/{spec['arch_name']}/{spec['variant_name']}",
     )
     seconds = sum(r["seconds"] for r in rows)
@@ -87,6 +140,7 @@ def train_job(
         "role": spec["role"],
         "arch": spec["arch_name"],
         "variant": spec["variant_name"],
+        "variant_spec": variant,
         "train_size": spec["train_size"],
         "seed": spec["seed"],
         "val_dice": last["val_dice"],
@@ -94,16 +148,24 @@ def train_job(
         "train_loss": last["train_loss"],
         "val_loss": last["val_loss"],
         "epochs": len(rows),
-        "train_seconds": seconds,
+        "train_seconds": seconds + extra_metrics.get("teacher_seconds", 0.0),
         "job_seconds": time.monotonic() - started,
         "device": device.type,
+        **info,
+        **extra_metrics,
     }
     write_torch(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_json(out_dir / "spec.json", spec)
     write_csv(out_dir / "log.csv", pd.DataFrame(rows))
     write_json(out_dir / "metrics.json", metrics)
     Checkpoint(out_dir, spec).clear()
-    log.info("val Dice %.4f IoU %.4f, %.1f s", metrics["val_dice"], metrics["val_iou"], seconds)
+    log.info(
+        "val Dice %.4f IoU %.4f, %.1f s%s",
+        metrics["val_dice"],
+        metrics["val_iou"],
+        seconds,
+        f", spent epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else "",
+    )
     return metrics
 
 

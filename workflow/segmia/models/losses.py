@@ -29,6 +29,23 @@ def dice_loss(num_classes: int, ignore_index: int | None) -> DiceLoss:
     return DiceLoss(ignore_index)
 
 
+class PerImageDiceLoss(torch.nn.Module):
+    """Mean over images of each image's own Dice loss: a per-sample loss, as DP-SGD needs."""
+
+    def __init__(self, ignore_index: int | None = None):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if logits.shape[0] == 0:  # an empty Poisson batch
+            return logits.sum() * 0.0
+        return per_image_dice_loss(probabilities(logits), masks, self.ignore_index).mean()
+
+
+def per_image_loss(task) -> PerImageDiceLoss:
+    return PerImageDiceLoss(task.ignore_index)
+
+
 def _dice_terms(
     probs: torch.Tensor, masks: torch.Tensor, ignore_index: int | None, eps: float, per_image: bool
 ) -> torch.Tensor:

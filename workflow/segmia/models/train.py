@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..runtime import Checkpoint, EpochProgress, autocast, rng_state, set_rng_state
-from .losses import dice_loss
+from .losses import dice_loss, per_image_loss
 from .metrics import SegmentationScores
 
 log = logging.getLogger("segmia")
@@ -80,9 +80,24 @@ def make_optimizer(
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-BatchTransform = Callable[
-    [torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]
-]
+@dataclass(frozen=True)
+class Task:
+    num_classes: int
+    ignore_index: int | None
+
+
+@dataclass
+class Extras:
+    """What a training variant adds to the plain loop (all optional).
+
+    ``transform``: a batch transform (crop, mix-up, poisoning; see ``variants``), whose
+    ``state_dict`` (if any) is checkpointed; ``private``: the DP-SGD spec (see ``private``);
+    ``regulariser``: the min-max adversarial regulariser (see ``minmax``).
+    """
+
+    transform: Callable | None = None
+    private: dict | None = None
+    regulariser: object | None = None
 
 
 @torch.inference_mode()
@@ -90,14 +105,14 @@ def evaluate(
     model: nn.Module,
     data: Arrays,
     loss_fn,
-    num_classes_ignore: tuple[int, int | None],
+    task: Task,
     batch_size: int,
     device: torch.device,
     amp: bool = True,
 ) -> dict[str, float]:
     """Validation loss (mean over batches, as in training), Dice and IoU."""
     model.eval()
-    scores = SegmentationScores(num_classes_ignore[1])
+    scores = SegmentationScores(task.ignore_index)
     losses, weights = [], []
     for start in range(0, len(data), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(data)))
@@ -111,65 +126,106 @@ def evaluate(
     return {"loss": float(np.average(losses, weights=weights)), **scores.result()}
 
 
+def _state(obj) -> dict | None:
+    return obj.state_dict() if hasattr(obj, "state_dict") else None
+
+
 def fit(
     model: nn.Module,
     train: Arrays,
     val: Arrays,
     recipe: Recipe,
-    num_classes: int,
-    ignore_index: int | None,
+    task: Task,
     seed: int,
     out_dir: Path,
     spec: dict,
     device: torch.device,
-    transform: BatchTransform | None = None,
+    extras: Extras | None = None,
     name: str = "train",
-) -> tuple[nn.Module, list[dict]]:
-    """Train ``model`` with the study's recipe; return it and the per-epoch log rows."""
+) -> tuple[nn.Module, list[dict], dict]:
+    """Train ``model`` with the study's recipe (and a variant's ``extras``).
+
+    Returns the trained (unwrapped) model, the per-epoch log rows and variant information
+    (e.g. the spent privacy budget).
+    """
+    extras = extras or Extras()
     torch.manual_seed(seed)
     model = model.to(device)
     if device.type == "cuda" and recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(recipe.optimizer, model.parameters(), recipe.lr, recipe.weight_decay)
-    loss_fn = dice_loss(num_classes, ignore_index)
-    step = torch.compile(model) if (recipe.compile and device.type == "cuda") else model
+    lr = extras.private["lr"] if extras.private else recipe.lr
+    optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr, recipe.weight_decay)
+    loss_fn = dice_loss(task.num_classes, task.ignore_index)
+    engine = loader = None
+    if extras.private:
+        from .private import make_private
+
+        # Opacus clips per-sample gradients: the loss must be a mean of per-sample losses, so DP
+        # trains on the mean per-image Dice loss (smp's batch Dice couples the samples).
+        model, optimizer, loader, engine = make_private(
+            model, optimizer, len(train), recipe, extras.private
+        )
+        loss_fn = per_image_loss(task)
+    trained = model._module if engine is not None else model
+    step = (
+        torch.compile(model)
+        if (recipe.compile and device.type == "cuda" and engine is None)
+        else model
+    )
 
     checkpoint = Checkpoint(out_dir, spec)
     rows: list[dict] = []
     first = 0
     state = checkpoint.load()
     if state is not None:
-        model.load_state_dict(state["model"])
+        trained.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        for key, obj in (
+            ("transform", extras.transform),
+            ("regulariser", extras.regulariser),
+            ("accountant", engine and engine.accountant),
+        ):
+            if state.get(key) is not None:
+                obj.load_state_dict(state[key])
         rows, first = list(state["rows"]), int(state["epoch"]) + 1
 
     progress = EpochProgress(name, recipe.epochs, first)
     gen = torch.Generator()
     for epoch in range(first, recipe.epochs):
         started = time.monotonic()
-        model.train()
         gen.manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(train), generator=gen)
-        total, count = 0.0, 0
-        for start in range(0, len(train), recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
+        if extras.regulariser is not None:
+            extras.regulariser.on_epoch_start(trained, gen)
+        model.train()
+        if loader is not None:  # Poisson-sampled batches of indices (DP-SGD)
+            batches = (b[0] for b in loader)
+        else:
+            order = torch.randperm(len(train), generator=gen)
+            batches = (
+                order[i : i + recipe.batch_size] for i in range(0, len(train), recipe.batch_size)
+            )
+        total, count, penalty = 0.0, 0, 0.0
+        for idx in batches:
             x, y = train.batch(idx, device)
-            if transform is not None:
-                x, y = transform(x, y, gen)
+            if extras.transform is not None:
+                x, y = extras.transform(x, y, gen)
             if device.type == "cuda" and recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, recipe.amp):
                 logits = step(x)
             loss = loss_fn(logits.float(), y)
-            loss.backward()
+            objective = loss
+            if extras.regulariser is not None:
+                term = extras.regulariser.penalty(logits.float(), y)
+                objective = loss + term
+                penalty += float(term.detach()) * len(idx)
+            objective.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
-        val_scores = evaluate(
-            model, val, loss_fn, (num_classes, ignore_index), recipe.batch_size, device, recipe.amp
-        )
+        val_scores = evaluate(trained, val, loss_fn, task, recipe.batch_size, device, recipe.amp)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / max(count, 1),
@@ -178,18 +234,37 @@ def fit(
             "val_iou": val_scores["iou"],
             "seconds": time.monotonic() - started,
         }
+        if extras.regulariser is not None:
+            row["minmax_penalty"] = penalty / max(count, 1)
+            row.update(extras.regulariser.last_epoch)
+        if engine is not None:
+            row["epsilon"] = engine.get_epsilon(extras.private["delta"])
         rows.append(row)
         checkpoint.save(
             {
-                "model": model.state_dict(),
+                "model": trained.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng": rng_state(),
                 "rows": rows,
                 "epoch": epoch,
+                "transform": _state(extras.transform),
+                "regulariser": _state(extras.regulariser),
+                "accountant": engine.accountant.state_dict() if engine is not None else None,
             }
         )
         progress.update(
             epoch, train_loss=row["train_loss"], val_loss=row["val_loss"], val_dice=row["val_dice"]
         )
     progress.close()
-    return model, rows
+    info = {}
+    if engine is not None:
+        info = {
+            "epsilon": engine.get_epsilon(extras.private["delta"]),
+            "target_epsilon": extras.private["epsilon"],
+            "delta": extras.private["delta"],
+            "noise_multiplier": optimizer.noise_multiplier,
+            "max_grad_norm": extras.private["max_grad_norm"],
+        }
+    if hasattr(extras.transform, "poisoned"):
+        info = {"poison_rate_realised": extras.transform.poisoned / max(extras.transform.seen, 1)}
+    return trained, rows, info

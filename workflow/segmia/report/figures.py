@@ -117,3 +117,193 @@ def roc_figure(
     fig.tight_layout()
     save(fig, path, dpi)
     plt.close(fig)
+
+
+def privacy_utility(
+    frame: pd.DataFrame, path: str | Path, title: str, attack_labels: dict[str, str], dpi: int = 150
+) -> None:
+    """Attack AUC against validation Dice, one point per defence (error bars: std over seeds)."""
+    plt, sns = _pyplot()
+    attacks = list(dict.fromkeys(frame["attack"]))
+    labels = list(dict.fromkeys(frame["label"]))
+    palette = dict(zip(labels, sns.color_palette("tab10", len(labels)), strict=True))
+    fig, axes = plt.subplots(
+        1, len(attacks), figsize=(0.6 + 3.8 * len(attacks), 3.8), squeeze=False, sharey=True
+    )
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        sub = frame[frame["attack"] == attack]
+        stats = sub.groupby("label", sort=False).agg(
+            auc=("auc", "mean"),
+            auc_std=("auc", "std"),
+            dice=("dice", "mean"),
+            dice_std=("dice_std", "mean"),
+        )
+        for label, row in stats.iterrows():
+            ax.errorbar(
+                row["dice"],
+                row["auc"],
+                xerr=np.nan_to_num(row["dice_std"]),
+                yerr=np.nan_to_num(row["auc_std"]),
+                fmt="o",
+                color=palette[label],
+                label=label,
+                capsize=3,
+                markersize=6,
+            )
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(attack_labels.get(attack, attack))
+        ax.set_xlabel("victim validation Dice (utility)")
+        if ax is axes[0][0]:
+            ax.set_ylabel("attack ROC-AUC (privacy risk)")
+        ax.set_ylim(0.3, 1.02)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), title="defence", frameon=False
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path, dpi)
+    plt.close(fig)
+
+
+def epsilon_curves(
+    frame: pd.DataFrame, path: str | Path, title: str, attack_labels: dict[str, str], dpi: int = 150
+) -> None:
+    """AUC, TPR at 1% FPR and Dice against the DP-SGD target epsilon (log axis); the non-private
+    model is the dashed line of each attack."""
+    plt, sns = _pyplot()
+    attacks = list(dict.fromkeys(frame["attack"]))
+    colours = dict(zip(attacks, sns.color_palette("tab10", len(attacks)), strict=True))
+    private = frame[np.isfinite(frame["epsilon"])]
+    public = frame[~np.isfinite(frame["epsilon"])]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, metric, ylabel in zip(
+        axes[:2], ["auc", "tpr_at_1pct_fpr"], ["attack ROC-AUC", "TPR at 1% FPR"], strict=True
+    ):
+        for attack in attacks:
+            sub = (
+                private[private["attack"] == attack].groupby("epsilon")[metric].agg(["mean", "std"])
+            )
+            ax.errorbar(
+                sub.index,
+                sub["mean"],
+                yerr=np.nan_to_num(sub["std"]),
+                marker="o",
+                capsize=3,
+                color=colours[attack],
+                label=attack_labels.get(attack, attack),
+            )
+            base = public.loc[public["attack"] == attack, metric]
+            if len(base):
+                ax.axhline(base.mean(), color=colours[attack], linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("target ε (log scale)")
+        ax.set_ylabel(ylabel)
+        if metric == "auc":
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    dice = frame.drop_duplicates(["variant", "seed"])
+    sub = dice[np.isfinite(dice["epsilon"])].groupby("epsilon")["dice"].mean()
+    axes[2].plot(sub.index, sub.values, marker="o", color="black", label="DP-SGD")
+    base = dice.loc[~np.isfinite(dice["epsilon"]), "dice"]
+    if len(base):
+        axes[2].axhline(
+            base.mean(), color="black", linestyle="--", linewidth=1, label="non-private"
+        )
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("target ε (log scale)")
+    axes[2].set_ylabel("victim validation Dice")
+    axes[2].legend(fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        names,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.02),
+        ncol=len(attacks),
+        frameon=False,
+        title="attack (dashed: non-private victim)",
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path, dpi)
+    plt.close(fig)
+
+
+def poisoning_curves(
+    frame: pd.DataFrame,
+    backdoor: pd.DataFrame,
+    path: str | Path,
+    title: str,
+    attack_labels: dict[str, str],
+    dpi: int = 150,
+) -> None:
+    """AUC and TPR at 1% FPR against the poison rate (line style = trigger), and clean Dice and
+    backdoor success against the poison rate."""
+    plt, sns = _pyplot()
+    attacks = list(dict.fromkeys(frame["attack"]))
+    triggers = list(dict.fromkeys(frame["trigger"]))
+    colours = dict(zip(attacks, sns.color_palette("tab10", len(attacks)), strict=True))
+    styles = dict(zip(triggers, ["-", "--", ":", "-."], strict=False))
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.8))
+    for ax, metric, ylabel in zip(
+        axes[:2], ["auc", "tpr_at_1pct_fpr"], ["attack ROC-AUC", "TPR at 1% FPR"], strict=True
+    ):
+        for attack in attacks:
+            for trigger in triggers:
+                sub = (
+                    frame[(frame["attack"] == attack) & (frame["trigger"] == trigger)]
+                    .groupby("rate")[metric]
+                    .mean()
+                )
+                ax.plot(
+                    sub.index,
+                    sub.values,
+                    marker="o",
+                    linestyle=styles[trigger],
+                    color=colours[attack],
+                    label=f"{attack_labels.get(attack, attack)}, {trigger}",
+                )
+        ax.set_xlabel("poison rate p")
+        ax.set_ylabel(ylabel)
+    axes[0].axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    if len(backdoor):
+        for trigger in triggers:
+            sub = (
+                backdoor[backdoor["trigger"] == trigger]
+                .groupby("rate")[["clean_dice", "backdoor_success"]]
+                .mean()
+            )
+            axes[2].plot(
+                sub.index,
+                sub["clean_dice"],
+                marker="o",
+                linestyle=styles[trigger],
+                color="black",
+                label=f"clean Dice, {trigger}",
+            )
+            axes[2].plot(
+                sub.index,
+                sub["backdoor_success"],
+                marker="s",
+                linestyle=styles[trigger],
+                color="tab:red",
+                label=f"backdoor success, {trigger}",
+            )
+    axes[2].set_xlabel("poison rate p")
+    axes[2].set_ylabel("fraction")
+    axes[2].set_ylim(0, 1.02)
+    axes[2].legend(fontsize=7, loc="lower left")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        names,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.02),
+        ncol=min(len(names), 4),
+        frameon=False,
+        fontsize=8,
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path, dpi)
+    plt.close(fig)

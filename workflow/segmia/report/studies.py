@@ -1,0 +1,275 @@
+"""Tables and figures of each study type, from metrics files only.
+
+Every evaluation row gets a ``label`` saying what it compares (a victim/shadow pair, a defence, an
+epsilon, a poison rate and trigger); tables show mean (± standard deviation over seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_path, read_json, write_csv
+from . import figures
+from .summary import collect_evaluations
+from .tables import cell, write_grid_tables
+
+ATTACK_LABELS = {"type1": "Type-I", "type2": "Type-II", "global_loss": "Global loss"}
+ATTACK_METRICS = ["auc", "tpr_at_1pct_fpr", "accuracy"]
+SHORT = {
+    "auc": "AUC",
+    "tpr_at_1pct_fpr": "TPR@1%FPR",
+    "tpr_at_0.1pct_fpr": "TPR@0.1%FPR",
+    "accuracy": "acc.",
+    "f1": "F1",
+    "balanced_accuracy": "bal. acc.",
+}
+
+
+def load(
+    study_name: str,
+    study: dict,
+    evaluations: list[str],
+    models: list[str],
+    backdoors: list[str] | None = None,
+):
+    """(evaluations with labels, victim models, backdoor results) of a study."""
+    frame = collect_evaluations(study_name, evaluations)
+    victims = pd.DataFrame([read_json(p) for p in models])
+    kind = study["type"]
+    if kind == "architectures":
+        frame["label"] = "victim " + frame["victim"] + " / shadow " + frame["shadow"]
+    elif kind == "defences":
+        frame["label"] = np.where(frame["release"] != "none", frame["release"], frame["variant"])
+        order = {d: i for i, d in enumerate(study["defences"])}
+        frame = frame.sort_values("label", key=lambda s: s.map(order), kind="stable")
+    elif kind == "dp_sweep":
+        eps = (
+            victims.set_index(["variant", "seed"])["target_epsilon"]
+            if "target_epsilon" in victims
+            else None
+        )
+        frame["epsilon"] = [
+            math.inf if v == "none" or eps is None else float(eps.get((v, s), math.inf))
+            for v, s in zip(frame["variant"], frame["seed"], strict=True)
+        ]
+        frame["label"] = [
+            ("non-private" if math.isinf(e) else f"ε = {e:g}") for e in frame["epsilon"]
+        ]
+        frame = frame.sort_values("epsilon", kind="stable")
+    elif kind == "poisoning":
+        specs = {m["variant"]: m.get("variant_spec", {}) for m in victims.to_dict("records")}
+        rows = []
+        for row in frame.to_dict("records"):
+            spec = specs.get(row["variant"], {})
+            triggers = [spec["trigger"]] if spec.get("type") == "poison" else study["triggers"]
+            for trigger in triggers:  # the clean model is rate 0 of every trigger
+                rows.append({**row, "trigger": trigger, "rate": float(spec.get("rate", 0.0))})
+        frame = pd.DataFrame(rows).sort_values(["trigger", "rate"], kind="stable")
+        frame["label"] = [
+            f"{t}, p = {r:g}" for t, r in zip(frame["trigger"], frame["rate"], strict=True)
+        ]
+    back = pd.DataFrame([read_json(p) for p in backdoors]) if backdoors else pd.DataFrame()
+    return frame, victims, back
+
+
+def _stats(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    grouped = frame.groupby(keys, sort=False)[metrics]
+    out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    return out.join(grouped.size().rename("seeds")).reset_index()
+
+
+def _utility(victims: pd.DataFrame) -> pd.DataFrame:
+    """Validation Dice/IoU and training cost relative to the undefended model, per variant."""
+    stats = _stats(victims, ["variant"], ["val_dice", "val_iou", "train_seconds"])
+    base = stats.loc[stats["variant"] == "none", "train_seconds_mean"]
+    stats["relative_cost"] = stats["train_seconds_mean"] / (
+        float(base.iloc[0]) if len(base) else np.nan
+    )
+    if "epsilon" in victims:
+        spent = victims.groupby("variant", sort=False)["epsilon"].mean().rename("spent_epsilon")
+        stats = stats.merge(spent, on="variant", how="left")
+    return stats
+
+
+def _wide(frame: pd.DataFrame, key: str, attacks: list[str]) -> pd.DataFrame:
+    """One row per ``key`` value, columns <attack>_<metric>_{mean,std}."""
+    parts = []
+    for attack in attacks:
+        stats = _stats(frame[frame["attack"] == attack], [key], ATTACK_METRICS)
+        stats = stats.drop(columns="seeds").set_index(key)
+        stats.columns = [f"{attack}_{c}" for c in stats.columns]
+        parts.append(stats)
+    return pd.concat(parts, axis=1).reset_index()
+
+
+def _formatted(
+    wide: pd.DataFrame, key: str, attacks: list[str], extra: dict[str, str], seeds: int
+) -> pd.DataFrame:
+    out = pd.DataFrame({key: wide[key]})
+    for attack in attacks:
+        for m in ATTACK_METRICS:
+            out[f"{ATTACK_LABELS.get(attack, attack)} {SHORT[m]}"] = [
+                cell(a, b, seeds)
+                for a, b in zip(wide[f"{attack}_{m}_mean"], wide[f"{attack}_{m}_std"], strict=True)
+            ]
+    for column, title in extra.items():
+        if column in wide:
+            out[title] = [("" if pd.isna(v) else f"{v:.3f}") for v in wide[column]]
+    return out
+
+
+def _write(
+    stem: Path, numeric: pd.DataFrame, formatted: pd.DataFrame, title: str, note: str
+) -> None:
+    write_csv(stem.with_suffix(".csv"), numeric)
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(f"# {title}\n\n{note}\n\n{formatted.to_markdown(index=False)}\n")
+    with atomic_path(stem.with_suffix(".tex")) as tmp:
+        tmp.write_text(
+            formatted.to_latex(
+                index=False,
+                caption=title,
+                label=f"tab:{stem.parent.name}".replace("_", "-"),
+                escape=True,
+            )
+        )
+
+
+def write_table(
+    study_name: str, study: dict, table: str, evaluations, models, backdoors, stem: str | Path
+) -> None:
+    stem = Path(stem)
+    frame, victims, back = load(study_name, study, evaluations, models, backdoors)
+    kind, attacks = study["type"], study["attacks"]
+    seeds = int(frame.groupby(["label", "attack"]).size().max())
+    note = f"Dataset `{study['dataset']}`; mean ± standard deviation over {seeds} seed(s); chance AUC 0.5."
+    if kind == "architectures":
+        title = f"{study_name}: {ATTACK_LABELS.get(table, table)} attack, victim (rows) x shadow (columns)"
+        write_grid_tables(frame, stem, title)
+        return
+    if kind == "defences":
+        utility = _utility(victims)
+        wide = _wide(frame, "label", attacks)
+        variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
+        wide = wide.merge(
+            utility, left_on=wide["label"].map(variant_of), right_on="variant", how="left"
+        ).drop(columns=["key_0"], errors="ignore")
+        extra = {
+            "val_dice_mean": "val. Dice",
+            "val_iou_mean": "val. IoU",
+            "relative_cost": "cost vs none",
+            "spent_epsilon": "spent ε",
+        }
+        _write(
+            stem,
+            wide,
+            _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "defence"}),
+            f"{study_name}: defences (privacy and utility)",
+            note
+            + " Argmax and output noise post-process the outputs of the undefended victim (and of the shadow); the other defences are training variants of the victim.",
+        )
+        return
+    if kind == "dp_sweep":
+        wide = _wide(frame, "label", attacks)
+        variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
+        wide = wide.merge(
+            _utility(victims), left_on=wide["label"].map(variant_of), right_on="variant", how="left"
+        ).drop(columns=["key_0"], errors="ignore")
+        extra = {
+            "spent_epsilon": "spent ε",
+            "val_dice_mean": "val. Dice",
+            "val_iou_mean": "val. IoU",
+            "relative_cost": "cost vs none",
+        }
+        _write(
+            stem,
+            wide,
+            _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "target ε"}),
+            f"{study_name}: DP-SGD epsilon sweep",
+            note + " Spent ε as reported by the Opacus accountant at δ = 1/N unless configured.",
+        )
+        return
+    if kind == "poisoning":
+        wide = _wide(frame, "label", attacks)
+        lookup = frame.drop_duplicates("label").set_index("label")
+        wide.insert(1, "trigger", wide["label"].map(lookup["trigger"]))
+        wide.insert(2, "rate", wide["label"].map(lookup["rate"]))
+        if len(back):
+            b = _stats(
+                back, ["trigger", "rate"], ["backdoor_success", "foreground_ratio", "clean_dice"]
+            ).drop(columns="seeds")
+            wide = wide.merge(b, on=["trigger", "rate"], how="left")
+        realised = (
+            victims.groupby("variant")["poison_rate_realised"].mean()
+            if "poison_rate_realised" in victims
+            else pd.Series(dtype=float)
+        )
+        wide["realised_rate"] = wide["label"].map(lookup["variant"]).map(realised).fillna(0.0)
+        extra = {
+            "realised_rate": "realised p",
+            "clean_dice_mean": "clean Dice",
+            "backdoor_success_mean": "backdoor success",
+            "foreground_ratio_mean": "pred./true fg",
+        }
+        _write(
+            stem,
+            wide,
+            _formatted(wide, "label", attacks, extra, seeds).rename(
+                columns={"label": "trigger, rate"}
+            ),
+            f"{study_name}: model poisoning (dishonest adversary)",
+            note
+            + " Attacks query clean images; backdoor success = fraction of pixels predicted as the poisoned target on fully triggered validation images.",
+        )
+        return
+    raise ValueError(f"no table for study type {kind!r}")
+
+
+def draw_figure(
+    study_name: str,
+    study: dict,
+    figure: str,
+    evaluations,
+    models,
+    backdoors,
+    out: str | Path,
+    dpi: int,
+    min_fpr: float,
+) -> None:
+    frame, victims, back = load(study_name, study, evaluations, models, backdoors)
+    if figure == "roc":
+        curves: dict[str, dict[str, list[str]]] = {}
+        for row in frame.itertuples():
+            panel = ATTACK_LABELS.get(row.attack, row.attack)
+            curves.setdefault(panel, {}).setdefault(row.label, []).append(
+                str(Path(row.path) / "scores.csv")
+            )
+        for panel in curves:  # one curve per seed file, deduplicated (poisoning repeats rate 0)
+            curves[panel] = {k: list(dict.fromkeys(v)) for k, v in curves[panel].items()}
+        figures.roc_figure(
+            curves, out, f"{study_name}: ROC (log-log, mean over seeds)", min_fpr, dpi
+        )
+    elif figure == "heatmap":
+        figures.heatmap(frame, out, f"{study_name}: attack ROC-AUC", ATTACK_LABELS, dpi=dpi)
+    elif figure == "privacy_utility":
+        dice = victims.groupby("variant")["val_dice"].agg(["mean", "std"])
+        frame = frame.assign(
+            dice=frame["variant"].map(dice["mean"]), dice_std=frame["variant"].map(dice["std"])
+        )
+        figures.privacy_utility(frame, out, f"{study_name}: privacy vs utility", ATTACK_LABELS, dpi)
+    elif figure == "epsilon":
+        dice = victims.groupby("variant")["val_dice"].mean()
+        frame = frame.assign(dice=frame["variant"].map(dice))
+        figures.epsilon_curves(
+            frame, out, f"{study_name}: attacks vs DP-SGD budget", ATTACK_LABELS, dpi
+        )
+    elif figure == "poisoning":
+        figures.poisoning_curves(
+            frame, back, out, f"{study_name}: leakage under poisoning", ATTACK_LABELS, dpi
+        )
+    else:
+        raise ValueError(f"no figure {figure!r}")
