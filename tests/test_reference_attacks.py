@@ -14,6 +14,7 @@ from segmia.attacks.statistics import (
     STATISTICS,
     compute_statistic,
     logit_confidence,
+    query_statistic,
     true_class_probability,
 )
 
@@ -339,3 +340,33 @@ def test_tune_offline_a_on_a_reference_model():
     )
     assert sorted(aucs) == pytest.approx(np.linspace(0, 1, 11))
     assert aucs[best] == max(aucs.values()) and aucs[best] > 0.75
+
+
+class StubQuery:
+    """What ``query_statistic`` reads of a ``QuerySet``: length, ignore index and batches."""
+
+    def __init__(self, logits, masks):
+        self.logits, self.masks, self.ignore_index = logits, masks, 255
+
+    def __len__(self):
+        return len(self.logits)
+
+    def batch(self, idx):
+        return self.logits[idx], self.masks[idx], [f"s{i}" for i in idx]
+
+
+def test_query_statistic_from_logits_or_from_the_released_map():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 1, 5, 5) * 3
+    masks = torch.randint(0, 2, (7, 5, 5))
+    masks[:, 0, 0] = 255
+    query = StubQuery(logits, masks)
+    direct = compute_statistic("logit_confidence", logits, masks, 255, from_logits=True)
+    assert query_statistic(query, "logit_confidence", batch_size=3) == pytest.approx(direct)
+    released = query_statistic(query, "mean_confidence", {"type": "none"}, batch_size=3)
+    assert released == pytest.approx(
+        compute_statistic("mean_confidence", torch.sigmoid(logits), masks, 255), rel=1e-6
+    )
+    hard = query_statistic(query, "mean_confidence", {"type": "argmax"})
+    expected = ((logits[:, 0] > 0).long() == masks).float()[masks != 255].reshape(7, 24).mean(1)
+    assert hard == pytest.approx(expected.numpy())

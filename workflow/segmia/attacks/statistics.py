@@ -111,12 +111,11 @@ def pixel_confidence(
         else:
             p = output.gather(1, labels)[:, 0]
             # 1 - p_y as the sum of the other classes keeps its precision when p_y is near 1
-            q = output.sum(1) - p
+            q = output.scatter(1, labels, 0.0).sum(1)
             log_p, log_q = p.clamp_min(eps).log(), q.clamp_min(eps).log()
     floor = _log_floor(eps)
     log_p, log_q = log_p.clamp_min(floor), log_q.clamp_min(floor)
-    zero = torch.zeros((), dtype=log_p.dtype)
-    return PixelConfidence(torch.where(valid, log_p, zero), torch.where(valid, log_q, zero), valid)
+    return PixelConfidence(torch.where(valid, log_p, 0.0), torch.where(valid, log_q, 0.0), valid)
 
 
 def true_class_probability(
@@ -124,7 +123,7 @@ def true_class_probability(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(p_y N x H x W float64, valid N x H x W bool); p_y is 0 on void pixels."""
     conf = pixel_confidence(output, masks, ignore_index, from_logits=from_logits, eps=0.0)
-    return torch.where(conf.valid, conf.log_p.exp(), torch.zeros(())), conf.valid
+    return torch.where(conf.valid, conf.log_p.exp(), 0.0), conf.valid
 
 
 def _count(valid: torch.Tensor) -> torch.Tensor:
@@ -134,11 +133,11 @@ def _count(valid: torch.Tensor) -> torch.Tensor:
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    return torch.where(valid, values, torch.zeros(())).flatten(1).sum(1) / _count(valid)
+    return torch.where(valid, values, 0.0).flatten(1).sum(1) / _count(valid)
 
 
 def _masked_log_mean_exp(log_values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    masked = torch.where(valid, log_values, torch.full((), float("-inf"), dtype=log_values.dtype))
+    masked = torch.where(valid, log_values, float("-inf"))
     return torch.logsumexp(masked.flatten(1), 1) - _count(valid).log()
 
 
@@ -185,7 +184,7 @@ def neg_loss_quantile(
 ) -> np.ndarray:
     """Minus the ``q`` quantile (linear interpolation) of -log p_y over valid pixels (N,)."""
     conf = pixel_confidence(output, masks, ignore_index, from_logits=from_logits, eps=eps)
-    loss = torch.where(conf.valid, -conf.log_p, torch.full((), float("nan"), dtype=torch.float64))
+    loss = torch.where(conf.valid, -conf.log_p, float("nan"))
     loss = loss.flatten(1)
     rows = max(1, _QUANTILE_MAX_NUMEL // max(1, loss.shape[1]))
     parts = [torch.nanquantile(loss[i : i + rows], q, dim=1) for i in range(0, len(loss), rows)]
