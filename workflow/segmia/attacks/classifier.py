@@ -4,6 +4,10 @@
 input channels to 3 and a single-logit head (optionally ImageNet weights). ``small_cnn``: three
 conv-BN-ReLU-pool stages and a linear head, for CPU runs.
 The classifier outputs a logit; the membership score is its sigmoid.
+
+``train_attack`` / ``score_attack`` are the one training loop and scoring loop of every learned
+attack; an attack plugs in its model and an input builder (``InputFn``): ``learned_inputs`` for
+Type-I/II here, ``loss_map.loss_map_inputs`` for the structured loss-map attack.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +85,11 @@ def build_classifier(recipe: dict, in_channels: int) -> nn.Module:
     return ResNetAttack(in_channels, depth, recipe.get("pretrained", False))
 
 
+InputFn = Callable[[QuerySet, np.ndarray, int | None], tuple[torch.Tensor, ...]]
+"""Builds the attack model's arguments for the samples at positions ``idx`` of a query set:
+``inputs(query, idx, epoch)`` with the 0-based training epoch, or ``None`` when scoring."""
+
+
 def _inputs(
     query: QuerySet, idx: np.ndarray, kind: str, release_spec: dict, device: torch.device
 ) -> torch.Tensor:
@@ -88,20 +98,32 @@ def _inputs(
     return attack_features(kind, released, masks.to(device), query.ignore_index)
 
 
-def fit_classifier(
+def learned_inputs(kind: str, release_spec: dict, device: torch.device) -> InputFn:
+    """Input builder of the Type-I / Type-II classifiers: the attack features of the released map."""
+
+    def build(query: QuerySet, idx: np.ndarray, epoch: int | None) -> tuple[torch.Tensor, ...]:
+        return (_inputs(query, idx, kind, release_spec, device),)
+
+    return build
+
+
+def train_attack(
+    model: nn.Module,
     query: QuerySet,
-    kind: str,
-    release_spec: dict,
+    inputs: InputFn,
     recipe: dict,
     seed: int,
     out_dir: Path,
     spec: dict,
     device: torch.device,
-    in_channels: int,
+    what: str = "attack",
 ):
-    """Train on the shadow's MIA set; return (model, last-k snapshots, per-epoch rows)."""
-    torch.manual_seed(seed)
-    model = build_classifier(recipe, in_channels).to(device)
+    """The one training loop of the learned attacks: BCE on the model's logit, NAdam, resumable.
+
+    ``model(*inputs(query, idx, epoch))`` must return one logit per sample. Trains on the shadow's
+    MIA set (labels = its ``member`` column); returns (model, last-k snapshots, per-epoch rows).
+    The epoch checkpoint lives in ``out_dir/.checkpoint`` and is tied to ``spec``.
+    """
     optimizer = torch.optim.NAdam(model.parameters(), lr=recipe["lr"])
     loss_fn = nn.BCEWithLogitsLoss()
     labels = torch.tensor(query.labels, dtype=torch.float32)
@@ -120,7 +142,7 @@ def fit_classifier(
             int(state["epoch"]) + 1,
         )
 
-    progress = EpochProgress(f"attack {kind}", epochs, first)
+    progress = EpochProgress(what, epochs, first)
     gen = torch.Generator()
     for epoch in range(first, epochs):
         started = time.monotonic()
@@ -130,11 +152,11 @@ def fit_classifier(
         total, correct = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            x = _inputs(query, idx, kind, release_spec, device)
+            x = inputs(query, idx, epoch)
             y = labels[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                out = model(x)
+                out = model(*x)
             loss = loss_fn(out.float(), y)
             loss.backward()
             optimizer.step()
@@ -174,6 +196,41 @@ def fit_classifier(
 
 
 @torch.inference_mode()
+def score_attack(
+    model: nn.Module,
+    query: QuerySet,
+    inputs: InputFn,
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Membership probability (sigmoid of the logit) of every sample of ``query``."""
+    model.eval()
+    out = []
+    for start in range(0, len(query), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(query)))
+        with autocast(device):
+            out.append(torch.sigmoid(model(*inputs(query, idx, None)).float()).cpu())
+    return torch.cat(out).numpy()
+
+
+def fit_classifier(
+    query: QuerySet,
+    kind: str,
+    release_spec: dict,
+    recipe: dict,
+    seed: int,
+    out_dir: Path,
+    spec: dict,
+    device: torch.device,
+    in_channels: int,
+):
+    """Train a Type-I/II classifier on the shadow's MIA set; return (model, snapshots, rows)."""
+    torch.manual_seed(seed)
+    model = build_classifier(recipe, in_channels).to(device)
+    inputs = learned_inputs(kind, release_spec, device)
+    return train_attack(model, query, inputs, recipe, seed, out_dir, spec, device, f"attack {kind}")
+
+
 def score(
     model: nn.Module,
     query: QuerySet,
@@ -183,15 +240,9 @@ def score(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Membership probability of every sample of ``query``."""
-    model.eval()
-    out = []
-    for start in range(0, len(query), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(query)))
-        with autocast(device):
-            out.append(
-                torch.sigmoid(model(_inputs(query, idx, kind, release_spec, device)).float()).cpu()
-            )
-    return torch.cat(out).numpy()
+    return score_attack(
+        model, query, learned_inputs(kind, release_spec, device), device, batch_size
+    )
 
 
 def with_weights(model: nn.Module, state: dict) -> nn.Module:
