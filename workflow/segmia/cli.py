@@ -210,6 +210,22 @@ def cmd_check_config(args) -> None:
             print(f"  {config['results']}/{fig}")
 
 
+def cmd_trainings(args) -> None:
+    from .config import load_config_file
+    from .cost import trainings_report
+
+    print(trainings_report(load_config_file(args.configfile), str(args.configfile)))
+
+
+def cmd_estimate(args) -> None:
+    from .config import load_config_file
+    from .cost import default_throughput, estimate_report
+
+    config = load_config_file(args.configfile)
+    throughput = args.throughput or default_throughput()
+    print(estimate_report(config, throughput, str(args.configfile), args.speedup))
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -333,6 +349,31 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a config file and list each study's outputs")
     s.add_argument("configfile", type=Path)
     s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser(
+        "trainings",
+        help="segmentation trainings the config needs vs the original code (a victim and a "
+        "shadow per table cell)",
+    )
+    s.add_argument("--configfile", type=Path, default=Path("config/config.yaml"))
+    s.set_defaults(func=cmd_trainings)
+
+    s = sub.add_parser(
+        "estimate", help="device-hours per study from measured throughput (benchmarks/run.py)"
+    )
+    s.add_argument("--configfile", type=Path, default=Path("config/config.yaml"))
+    s.add_argument(
+        "--throughput",
+        type=Path,
+        help="a benchmarks/run.py CSV (default: the newest GPU CSV in benchmarks/results/, "
+        "else the newest CPU one)",
+    )
+    s.add_argument(
+        "--speedup",
+        type=float,
+        help="with a CPU CSV: an assumed CPU->GPU factor for an extrapolated GPU-hours column",
+    )
+    s.set_defaults(func=cmd_estimate)
     return p
 
 

@@ -64,12 +64,33 @@ def setup(device: str = "auto", threads: int = 1, deterministic: bool = True) ->
     return torch.device(device)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA devices that support it (fp16 otherwise); nothing on CPU."""
-    if device.type != "cuda" or not enabled:
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``device``: bf16 where supported (CPU, Ampere+ GPUs), else fp16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
+    """bf16 autocast on CUDA devices that support it (fp16 otherwise).
+
+    Nothing on the CPU unless ``cpu`` (bf16 autocast there: faster where the CPU has bf16
+    instructions, e.g. AVX512-BF16 or AMX; tests and benchmarks compare it with float32).
+    fp16 training needs loss scaling: see :func:`grad_scaler`.
+    """
+    if not enabled or (device.type != "cuda" and not (cpu and device.type == "cpu")):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=amp_dtype(device))
+
+
+def grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradScaler:
+    """A loss scaler, active only where autocast trains in fp16 (CUDA without bf16).
+
+    A disabled scaler is a no-op: ``scale(loss)`` returns ``loss``, ``step(opt)`` calls
+    ``opt.step()``.
+    """
+    active = enabled and device.type == "cuda" and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=active)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from ..errors import SegmiaError
-from ..runtime import Checkpoint, EpochProgress, autocast, rng_state, set_rng_state
+from ..runtime import (
+    Checkpoint,
+    EpochProgress,
+    autocast,
+    grad_scaler,
+    rng_state,
+    set_rng_state,
+)
 from .features import attack_features
 from .outputs import QuerySet
 from .release import release
@@ -128,6 +135,7 @@ def train_attack(
     loss_fn = nn.BCEWithLogitsLoss()
     labels = torch.tensor(query.labels, dtype=torch.float32)
     epochs, batch_size, last_k = recipe["epochs"], recipe["batch_size"], recipe["last_k"]
+    scaler = grad_scaler(device)  # fp16 autocast (GPUs without bf16) needs loss scaling
 
     checkpoint = Checkpoint(out_dir, spec)
     rows, snapshots, first = [], [], 0
@@ -135,6 +143,8 @@ def train_attack(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         rows, snapshots, first = (
             list(state["rows"]),
@@ -158,8 +168,9 @@ def train_attack(
             with autocast(device):
                 out = model(*x)
             loss = loss_fn(out.float(), y)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total += float(loss.detach()) * len(idx)
             correct += int(((out.detach() > 0).float() == y).sum())
         rows.append(
@@ -188,6 +199,7 @@ def train_attack(
                 "rows": rows,
                 "snapshots": snapshots,
                 "epoch": epoch,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             }
         )
         progress.update(epoch, loss=rows[-1]["train_loss"], accuracy=rows[-1]["train_accuracy"])

@@ -35,10 +35,17 @@ def predict_logits(
     out: np.ndarray,
     amp: bool = True,
     channels_last: bool = True,
+    on_cpu: bool = False,
 ) -> None:
-    """Write the logits of ``images[rows]`` into ``out`` (float16), ``batch_size`` at a time."""
+    """Write the logits of ``images[rows]`` into ``out`` (float16), ``batch_size`` at a time.
+
+    ``images`` may be memory-mapped: each batch is one fancy-indexed read of uint8 rows. ``amp``
+    (bf16 autocast) and ``channels_last`` apply on CUDA, and on the CPU too with ``on_cpu``.
+    """
     model.eval()
-    if device.type == "cuda" and channels_last:
+    fast = device.type == "cuda" or on_cpu
+    channels_last = channels_last and fast
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
@@ -48,11 +55,12 @@ def predict_logits(
             .float()
             .div_(255.0)
         )
-        if device.type == "cuda" and channels_last:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with autocast(device, amp, cpu=on_cpu):
             logits = model(x)
-        out[start : start + len(batch)] = logits.float().cpu().numpy().astype(np.float16)
+        # cast on the device: half the bytes to copy back
+        out[start : start + len(batch)] = logits.to(torch.float16).cpu().numpy()
 
 
 def outputs_job(
@@ -78,10 +86,9 @@ def outputs_job(
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         predict_logits(model, data.images, rows, batch_size, device, out, amp=amp)
         out.flush()
-        logits = torch.from_numpy(np.asarray(out, dtype=np.float32))
+        # from the stored float16 maps, a chunk at a time (no float32 copy of the whole set)
+        stats = per_image_stats(out, data.masks[rows], data.ignore_index)
         del out
-    masks = torch.from_numpy(np.ascontiguousarray(data.masks[rows])).long()
-    stats = per_image_stats(logits, masks, data.ignore_index)
     samples = pd.DataFrame(
         {
             "sample_id": split.loc[rows, "sample_id"].to_numpy(),
@@ -102,12 +109,23 @@ def outputs_job(
 
 
 def per_image_stats(
-    logits: torch.Tensor, masks: torch.Tensor, ignore_index: int | None, chunk: int = 256
+    logits, masks, ignore_index: int | None, chunk: int | None = None
 ) -> dict[str, np.ndarray]:
+    """Per-image Dice loss and mean cross-entropy of N maps (array, memmap or tensor).
+
+    Works through ``chunk`` images at a time (default: about 8M values per chunk), converting
+    only the chunk to float32, so a large float16 memmap is never copied whole.
+    """
+    if chunk is None:
+        chunk = max(1, min(256, 2**23 // max(1, int(np.prod(logits.shape[1:])))))
     dice, ce = [], []
     for start in range(0, len(logits), chunk):
-        probs = probabilities(logits[start : start + chunk])
-        m = masks[start : start + chunk]
+        part = logits[start : start + chunk]
+        part = torch.as_tensor(
+            np.asarray(part, dtype=np.float32) if isinstance(part, np.ndarray) else part
+        )
+        probs = probabilities(part)
+        m = torch.as_tensor(np.asarray(masks[start : start + chunk])).long()
         dice.append(per_image_dice_loss(probs, m, ignore_index))
         ce_map = cross_entropy_map(probs, m, ignore_index)
         valid = (

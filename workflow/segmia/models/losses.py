@@ -30,16 +30,23 @@ def dice_loss(num_classes: int, ignore_index: int | None) -> DiceLoss:
 
 
 class PerImageDiceLoss(torch.nn.Module):
-    """Mean over images of each image's own Dice loss: a per-sample loss, as DP-SGD needs."""
+    """Mean over images of each image's own Dice loss: a per-sample loss, as DP-SGD needs.
 
-    def __init__(self, ignore_index: int | None = None):
+    ``reduction`` ("mean", "sum" or "none": one loss per image) follows torch's losses; Opacus'
+    ghost clipping switches it to "none" to get the per-sample losses.
+    """
+
+    def __init__(self, ignore_index: int | None = None, reduction: str = "mean"):
         super().__init__()
-        self.ignore_index = ignore_index
+        self.ignore_index, self.reduction = ignore_index, reduction
 
     def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if logits.shape[0] == 0:  # an empty Poisson batch
-            return logits.sum() * 0.0
-        return per_image_dice_loss(probabilities(logits), masks, self.ignore_index).mean()
+            return logits.sum((1, 2, 3)) * 0.0 if self.reduction == "none" else logits.sum() * 0.0
+        losses = per_image_dice_loss(probabilities(logits), masks, self.ignore_index)
+        if self.reduction == "none":
+            return losses
+        return losses.sum() if self.reduction == "sum" else losses.mean()
 
 
 def per_image_loss(task) -> PerImageDiceLoss:

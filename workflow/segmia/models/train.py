@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime import Checkpoint, EpochProgress, autocast, rng_state, set_rng_state
+from ..runtime import (
+    Checkpoint,
+    EpochProgress,
+    amp_dtype,
+    autocast,
+    grad_scaler,
+    rng_state,
+    set_rng_state,
+)
 from .losses import dice_loss, per_image_loss
 from .metrics import SegmentationScores
 
@@ -156,16 +164,26 @@ def fit(
     lr = extras.private["lr"] if extras.private else recipe.lr
     optimizer = make_optimizer(recipe.optimizer, model.parameters(), lr, recipe.weight_decay)
     loss_fn = dice_loss(task.num_classes, task.ignore_index)
+    val_loss_fn = loss_fn
     engine = loader = None
+    amp = recipe.amp
     if extras.private:
         from .private import make_private
 
         # Opacus clips per-sample gradients: the loss must be a mean of per-sample losses, so DP
-        # trains on the mean per-image Dice loss (smp's batch Dice couples the samples).
-        model, optimizer, loader, engine = make_private(
-            model, optimizer, len(train), recipe, extras.private
-        )
+        # trains on the mean per-image Dice loss (smp's batch Dice couples the samples). With
+        # grad_sample_mode "ghost" the loss comes back wrapped (two backward passes).
         loss_fn = per_image_loss(task)
+        model, optimizer, loader, engine, dp_loss = make_private(
+            model, optimizer, len(train), recipe, extras.private, criterion=loss_fn
+        )
+        val_loss_fn, loss_fn = loss_fn, dp_loss or loss_fn
+        if amp and amp_dtype(device) == torch.float16:
+            # fp16 needs loss scaling, and Opacus would clip the scaled per-sample gradients
+            log.warning("DP-SGD trains in float32 on this GPU (no bf16; fp16 would need scaling)")
+            amp = False
+    # fp16 autocast (GPUs without bf16) needs loss scaling; a no-op everywhere else
+    scaler = grad_scaler(device, amp and engine is None)
     trained = model._module if engine is not None else model
     step = (
         torch.compile(model)
@@ -180,6 +198,8 @@ def fit(
     if state is not None:
         trained.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         for key, obj in (
             ("transform", extras.transform),
@@ -207,13 +227,18 @@ def fit(
             )
         total, count, penalty = 0.0, 0, 0.0
         for idx in batches:
+            if engine is not None and len(idx) == 0:  # an empty Poisson batch: noise only
+                from .private import step_on_empty_batch
+
+                step_on_empty_batch(optimizer)
+                continue
             x, y = train.batch(idx, device)
             if extras.transform is not None:
                 x, y = extras.transform(x, y, gen)
             if device.type == "cuda" and recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, recipe.amp):
+            with autocast(device, amp):
                 logits = step(x)
             loss = loss_fn(logits.float(), y)
             objective = loss
@@ -221,11 +246,13 @@ def fit(
                 term = extras.regulariser.penalty(logits.float(), y)
                 objective = loss + term
                 penalty += float(term.detach()) * len(idx)
-            objective.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            scaler.scale(objective).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if len(idx):
+                total += float(loss.detach()) * len(idx)
             count += len(idx)
-        val_scores = evaluate(trained, val, loss_fn, task, recipe.batch_size, device, recipe.amp)
+        val_scores = evaluate(trained, val, val_loss_fn, task, recipe.batch_size, device, amp)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / max(count, 1),
@@ -250,6 +277,7 @@ def fit(
                 "transform": _state(extras.transform),
                 "regulariser": _state(extras.regulariser),
                 "accountant": engine.accountant.state_dict() if engine is not None else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             }
         )
         progress.update(

@@ -1,0 +1,372 @@
+"""What a configured reproduction costs: segmentation trainings and device-hours.
+
+``count_trainings``: the segmentation models the DAG trains (each once, see ``plan``) against the
+original code, which trains one victim and one shadow for every *cell* of a paper table. A cell is
+one (study row, study column) of one table: a distinct (victim variant or release defence, victim
+architecture, shadow architecture, attack, seed) tuple of a study. Each attack is its own table in
+the paper (tables 1-3 are Type-I, Type-II and global loss of the same grid), so a grid of 3 x 3
+architectures attacked three ways is 27 cells = 54 trainings per seed in the original code, and
+3 victims + 3 shadows = 6 trainings here. Cells of two studies that happen to coincide count twice
+for the original code (it runs one script per table).
+
+``estimate``: device-hours per study from measured throughput (``benchmarks/run.py`` CSV) x the
+planned epochs and images. Work first needed by a study is charged to it, so the per-study rows
+add up to the total. Approximations are listed in ``NOTES``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import plan
+from .errors import SegmiaError
+
+#: (channels, height, width, num_classes) of the paper's datasets after preparation (PAPER.md)
+PAPER_SHAPES = {
+    "liver": (1, 256, 256, 2),
+    "kvasir": (3, 256, 256, 2),
+    "cityscapes": (3, 256, 512, 19),
+}
+#: (channels, num_classes) of the embedded synthetic sources
+SYNTHETIC = {"synthetic_ct": (1, 2), "synthetic_scenes": (3, 5)}
+
+NOTES = (
+    "training = epochs x training images / training throughput (DP-SGD throughput for dp "
+    "variants; crop training scaled by the crop's pixel fraction; distillation: the student "
+    "trains on at most reference_size images, the teacher labels them once; min-max: the inner "
+    "attack's epoch is counted as one extra forward pass over members + held-out images), plus "
+    "one validation pass per epoch",
+    "query = members + non-members of the MIA set through the model, with per-image losses",
+    "attack fit = epochs x MIA set / classifier training throughput, plus scoring the shadow "
+    "set; attack evaluation = (1 + last_k snapshots) scoring passes over the victim's MIA set; "
+    "threshold attacks (global loss) cost nothing measurable",
+    "a shape without its own benchmark row is scaled from the same architecture's nearest "
+    "measured shape by pixel count",
+)
+
+
+def out_channels(num_classes: int) -> int:
+    return 1 if num_classes == 2 else num_classes
+
+
+def dataset_shape(config: dict, name: str) -> tuple[int, int, int, int]:
+    """(channels, height, width, model output channels) of a configured dataset."""
+    ds = config["datasets"][name]
+    source = ds["source"]
+    if source in SYNTHETIC:
+        channels, classes = SYNTHETIC[source]
+        params = ds.get("synthetic", {})
+        return (
+            channels,
+            int(params.get("height", 64)),
+            int(params.get("width", 64)),
+            out_channels(classes),
+        )
+    if source in PAPER_SHAPES:
+        channels, height, width, classes = PAPER_SHAPES[source]
+        size = ds.get("size") or ds.get("image_size")  # [height, width] where a config sets one
+        if size:
+            height, width = int(size[0]), int(size[1])
+        return channels, height, width, out_channels(classes)
+    raise SegmiaError(f"dataset {name!r}: no known image shape for source {source!r}")
+
+
+def arch_key(arch: dict) -> str:
+    """What determines an architecture's speed (not its weights): smp encoder, MONAI layout."""
+    if arch["family"] == "smp_unet":
+        return f"smp_unet:{arch['encoder']}"
+    channels = "-".join(map(str, arch["channels"]))
+    strides = "-".join(map(str, arch["strides"]))
+    return (
+        f"monai_unet:{channels}:s{strides}:r{arch.get('num_res_units', 0)}:"
+        f"{arch.get('norm', 'batch')}"
+    )
+
+
+# --- trainings ---------------------------------------------------------------------------------
+
+
+def cell(ev: plan.Evaluation) -> tuple:
+    """One table cell: (victim variant or release defence, victim arch, shadow arch, attack, seed)."""
+    row = ev.victim.variant if ev.release == "none" else ev.release
+    return (row, ev.victim.arch, ev.shadow.arch, ev.attack, ev.seed)
+
+
+def study_models(config: dict, name: str) -> list[plan.Model]:
+    """The segmentation models a study needs: victims, shadows and distillation teachers."""
+    models: dict[plan.Model, None] = {}
+    for ev in plan.study_evaluations(config, name):
+        for model in (ev.victim, ev.shadow):
+            if plan.variant_spec(config, model.variant)["type"] == "distillation":
+                models[plan.teacher(model)] = None
+            models[model] = None
+    return list(models)
+
+
+@dataclass
+class StudyTrainings:
+    study: str
+    cells: int
+    models: int  # distinct models the study needs
+    new_models: int  # of which no earlier study (config order) needs
+
+    @property
+    def original(self) -> int:
+        return 2 * self.cells
+
+
+def count_trainings(config: dict) -> list[StudyTrainings]:
+    seen: set[plan.Model] = set()
+    out = []
+    for name in config["studies"]:
+        cells = {cell(ev) for ev in plan.study_evaluations(config, name)}
+        models = study_models(config, name)
+        new = [m for m in models if m not in seen]
+        seen.update(models)
+        out.append(StudyTrainings(name, len(cells), len(models), len(new)))
+    return out
+
+
+def trainings_report(config: dict, configfile: str = "") -> str:
+    rows = count_trainings(config)
+    total_models = sum(r.new_models for r in rows)
+    total_original = sum(r.original for r in rows)
+    lines = [
+        f"segmentation-model trainings{f' for {configfile}' if configfile else ''}",
+        "",
+        "| study | table cells | original code (2 x cells) | this pipeline (distinct models) | new here |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.study} | {r.cells} | {r.original} | {r.models} | {r.new_models} |")
+    factor = total_original / max(total_models, 1)
+    lines += [
+        f"| **total** | {sum(r.cells for r in rows)} | {total_original} | {total_models} | |",
+        "",
+        f"{total_models} trainings instead of {total_original} ({factor:.1f}x fewer).",
+        "A cell is one (victim variant or release defence, victim architecture, shadow "
+        "architecture, attack, seed) of a study; the original code trains a victim and a shadow "
+        "for each. Here a model is trained once per (dataset, role, architecture, variant, size, "
+        "seed) and shared by every attack, table and study (distillation teachers included).",
+    ]
+    return "\n".join(lines)
+
+
+# --- device-hours ------------------------------------------------------------------------------
+
+
+def read_throughput(path: str | Path) -> list[dict]:
+    path = Path(path)
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as err:
+        raise SegmiaError(f"cannot read the benchmark CSV {path}: {err}") from None
+    if not rows or "images_per_s" not in rows[0]:
+        raise SegmiaError(f"{path}: not a benchmark CSV of benchmarks/run.py")
+    for row in rows:
+        for key in ("in_channels", "height", "width", "out_channels", "batch_size"):
+            row[key] = int(row[key]) if row.get(key) not in (None, "") else None
+        row["images_per_s"] = float(row["images_per_s"])
+    return rows
+
+
+def default_throughput(search: list[Path] | None = None) -> Path:
+    """The newest GPU benchmark CSV under ``benchmarks/results/`` (else the newest CPU one)."""
+    roots = search or [Path.cwd(), Path(__file__).resolve().parents[2]]
+    for root in roots:
+        folder = root / "benchmarks" / "results"
+        files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+        if files:
+            gpu = [f for f in files if not f.name.startswith("cpu-")]
+            return max(gpu or files, key=lambda f: (f.name.split("-", 1)[-1], f.name))
+    raise SegmiaError(
+        "no benchmark CSV found under benchmarks/results/; run `python benchmarks/run.py` on the "
+        "target machine or pass --throughput FILE.csv"
+    )
+
+
+@dataclass
+class Lookup:
+    rows: list[dict]
+    scaled: set[str] = field(default_factory=set)
+
+    def rate(
+        self, group: str, key: str, shape: tuple, batch_size: int | None = None, **match
+    ) -> float:
+        """Images per second of ``group`` for ``key`` at ``shape`` (C, H, W, out channels)."""
+        cands = [
+            r
+            for r in self.rows
+            if r["group"] == group
+            and r["arch_key"] == key
+            and r.get("pipeline", "1") in ("1", "True", "true")
+            and all(str(r.get(k)) == str(v) for k, v in match.items())
+        ]
+        if not cands:
+            what = f"{group} {key}" + "".join(f" {k}={v}" for k, v in match.items())
+            raise SegmiaError(
+                f"the benchmark CSV has no row for {what}; run `python benchmarks/run.py` with that "
+                "architecture (benchmarks/run.py --help) or pass another --throughput file."
+            )
+        pixels = shape[1] * shape[2]
+
+        def distance(r):
+            same = (r["in_channels"], r["height"], r["width"], r["out_channels"]) == tuple(shape)
+            bs = (
+                0
+                if batch_size is None or r["batch_size"] is None
+                else abs(math.log(r["batch_size"] / batch_size))
+            )
+            return (not same, abs(math.log(r["height"] * r["width"] / pixels)), bs)
+
+        best = min(cands, key=distance)
+        rate = best["images_per_s"] * best["height"] * best["width"] / pixels
+        if (best["in_channels"], best["height"], best["width"], best["out_channels"]) != tuple(
+            shape
+        ):
+            self.scaled.add(
+                f"{group} {key} {'x'.join(map(str, shape[:3]))} from "
+                f"{best['in_channels']}x{best['height']}x{best['width']}"
+            )
+        return rate
+
+
+STAGES = ("train", "query", "attack_fit", "attack_eval")
+
+
+def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
+    """Seconds per stage for every study (work charged to the first study that needs it)."""
+    from .models.variants import epochs_for
+
+    look = Lookup(rows)
+    training = config["training"]
+    recipe = config["attack"]
+    done_models: set[plan.Model] = set()
+    done_attacks: set[str] = set()
+    out = []
+    for name in config["studies"]:
+        cost = dict.fromkeys(STAGES, 0.0)
+        models = study_models(config, name)
+        for model in models:
+            if model in done_models:
+                continue
+            done_models.add(model)
+            ds = config["datasets"][model.dataset]
+            shape = dataset_shape(config, model.dataset)
+            arch = config["architectures"][model.arch]
+            key = arch_key(arch)
+            train_cfg = ds.get("training", training)
+            batch = int(train_cfg.get("batch_size", training["batch_size"]))
+            variant = plan.variant_spec(config, model.variant)
+            epochs = epochs_for(variant, int(train_cfg.get("epochs", training["epochs"])))
+            images = model.size
+            infer = look.rate("extract", key, shape, 64)
+            if variant["type"] == "dp":
+                rate = look.rate(
+                    "dp_train", key, shape, batch, setting=variant.get("grad_sample_mode", "hooks")
+                )
+            else:
+                rate = look.rate("train", key, shape, batch)
+            if variant["type"] == "crop":
+                rate /= variant.get("fraction", 0.5) ** 2
+            if variant["type"] == "distillation":
+                images = int(variant["reference_size"])
+                cost["train"] += images / infer
+            seconds = epochs * images / rate
+            val = int(ds["split"]["val_size"])
+            seconds += epochs * val / look.rate("extract", key, shape, batch)
+            if variant["type"] == "minmax":
+                seconds += epochs * 2 * model.size / infer
+            cost["train"] += seconds
+            k = min(int(ds["split"]["mia_size"]), model.size)
+            cost["query"] += 2 * k / infer
+        for ev in plan.study_evaluations(config, name):
+            ds = config["datasets"][ev.dataset]
+            c, h, w, k_out = dataset_shape(config, ev.dataset)
+            n = 2 * min(int(ds["split"]["mia_size"]), ev.size)
+            attack_model = ev.attack_model()
+            if attack_model is None:
+                continue
+            channels = 2 * k_out if ev.attack == "type2" else k_out
+            shape = (channels, h, w, 1)
+            score = look.rate("attack_score", recipe["classifier"], shape)
+            if attack_model not in done_attacks:
+                done_attacks.add(attack_model)
+                fit = look.rate("attack_train", recipe["classifier"], shape, recipe["batch_size"])
+                cost["attack_fit"] += recipe["epochs"] * n / fit + n / score
+            cost["attack_eval"] += (1 + recipe["last_k"]) * n / score
+        out.append(
+            {
+                "study": name,
+                "models": len(models),
+                **cost,
+                "total": sum(cost.values()),
+            }
+        )
+    return out, look
+
+
+def _meta(rows: list[dict]) -> dict:
+    first = rows[0]
+    return {k: first.get(k, "") for k in ("device", "device_name", "threads", "date", "torch")}
+
+
+def estimate_report(
+    config: dict, throughput: str | Path, configfile: str = "", speedup: float | None = None
+) -> str:
+    rows = read_throughput(throughput)
+    meta = _meta(rows)
+    studies, look = estimate(config, rows)
+    on_cpu = meta["device"] == "cpu"
+    unit = "CPU-h" if on_cpu else "GPU-h"
+    lines = [
+        f"cost estimate{f' of {configfile}' if configfile else ''} from {throughput}",
+        f"throughput measured on {meta['device']} ({meta['device_name']}, {meta['threads']} "
+        f"threads, torch {meta['torch']}, {meta['date']})",
+    ]
+    if on_cpu:
+        lines.append(
+            "THESE ARE CPU NUMBERS (hours on the benchmarked CPU). "
+            + (
+                f"The GPU column divides them by an assumed speed-up of {speedup:g}x "
+                "(extrapolated, not measured)."
+                if speedup
+                else "For GPU-hours run `python benchmarks/run.py` on the GPU and pass its CSV "
+                "with --throughput (or give an assumed CPU->GPU factor with --speedup)."
+            )
+        )
+    head = f"| study | models (new) | train {unit} | query {unit} | attack fit {unit} | attack eval {unit} | total {unit} |"
+    if on_cpu and speedup:
+        head += " GPU-h (extrapolated) |"
+    lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
+    trainings = {t.study: t for t in count_trainings(config)}
+    total = dict.fromkeys((*STAGES, "total"), 0.0)
+    for s in studies:
+        t = trainings[s["study"]]
+        cells = [f"{s[k] / 3600:.2f}" for k in (*STAGES, "total")]
+        line = f"| {s['study']} | {t.models} ({t.new_models}) | " + " | ".join(cells) + " |"
+        if on_cpu and speedup:
+            line += f" {s['total'] / 3600 / speedup:.2f} |"
+        lines.append(line)
+        for k in total:
+            total[k] += s[k]
+    line = "| **total** | | " + " | ".join(f"{total[k] / 3600:.2f}" for k in total) + " |"
+    if on_cpu and speedup:
+        line += f" {total['total'] / 3600 / speedup:.2f} |"
+    lines.append(line)
+    n_models = sum(t.new_models for t in trainings.values())
+    n_original = sum(t.original for t in trainings.values())
+    lines += [
+        "",
+        f"segmentation trainings: {n_models} (the original code's one victim + one shadow per "
+        f"table cell: {n_original})",
+        "",
+        "how: " + "; ".join(NOTES) + ".",
+    ]
+    if look.scaled:
+        lines.append("scaled by pixel count: " + "; ".join(sorted(look.scaled)) + ".")
+    return "\n".join(lines)
