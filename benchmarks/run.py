@@ -21,8 +21,9 @@ Groups (one CSV row per measurement; throughput = median images/s over ``--repea
 - ``demo``: ``snakemake --cores all --configfile config/demo.yaml`` into a temporary results
   directory: wall time, jobs, the largest job's peak RSS.
 
-Peak memory per measurement: host RSS high-water mark (``VmHWM``, reset through
-``/proc/self/clear_refs`` before each case) and ``torch.cuda.max_memory_allocated`` on a GPU.
+Peak memory per measurement: each case runs in a fresh process; its host RSS high-water mark
+(``VmHWM``, reset through ``/proc/self/clear_refs`` after the model is built, so it includes the
+~1 GB of Python, torch and the model) and ``torch.cuda.max_memory_allocated`` on a GPU.
 Writes ``benchmarks/results/<device>-<date>.{csv,md}`` (or ``--out STEM``).
 """
 
@@ -30,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import csv
+import ctypes
 import datetime
 import gc
 import os
@@ -76,6 +77,7 @@ FIELDS = (
     "images_per_s",
     "images_per_s_min",
     "images_per_s_max",
+    "gflops_per_image",
     "repeats",
     "images_per_repeat",
     "peak_rss_mb",
@@ -102,6 +104,14 @@ def architectures() -> dict[str, dict]:
         ].items():
             out[arch] = {**spec, "encoder_weights": None} if spec["family"] == "smp_unet" else spec
     return out
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def reset_peak(device: torch.device) -> None:
@@ -155,7 +165,7 @@ class Bench:
             "device_name": (
                 torch.cuda.get_device_name(device)
                 if device.type == "cuda"
-                else (platform.processor() or platform.machine()) + f" ({os.cpu_count()} cores)"
+                else f"{cpu_name()} ({os.cpu_count()} cores)"
             ),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -193,6 +203,40 @@ class Bench:
         return row
 
 
+def forward_gflops(model: torch.nn.Module, shape: tuple) -> float:
+    """Forward FLOPs of one image (C x H x W), counted by torch on the CPU (train ~ 3x)."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    probe = copy.deepcopy(model).cpu().eval()
+    probe = getattr(probe, "_module", probe)  # unwrap Opacus
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        probe(torch.rand(1, *shape[:3]))
+    return round(counter.get_total_flops() / 1e9, 4)
+
+
+def _child(args, device_type: str, fn, params: tuple) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    bench = Bench(args, torch.device(device_type))
+    fn(bench, *params)
+    return bench.rows
+
+
+def isolated(bench: Bench, fn, *params) -> None:
+    """Run ``fn(bench, *params)`` in a fresh process (clean peak-memory figures per case), or in
+    this one with ``--in-process``."""
+    if bench.args.in_process:
+        fn(bench, *params)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        rows = pool.submit(_child, bench.args, bench.device.type, fn, params).result()
+    bench.rows.extend(rows)
+
+
 def shape_fields(dataset: str, shape: tuple) -> dict:
     c, h, w, k = shape
     return {"dataset": dataset, "in_channels": c, "height": h, "width": w, "out_channels": k}
@@ -220,9 +264,10 @@ def train_case(bench: Bench, name: str, arch: dict, dataset: str, shape: tuple, 
     batch = args.batch_size
     recipe = Recipe(epochs=70, batch_size=batch, lr=1e-4)
     task = Task(2 if shape[3] == 1 else shape[3], None)
-    reset_peak(device)
     torch.manual_seed(0)
     model = build_model(arch, shape[0], shape[3], private=mode is not None).to(device)
+    gflops = forward_gflops(model, shape)
+    reset_peak(device)
     channels_last = device.type == "cuda" and recipe.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -270,6 +315,7 @@ def train_case(bench: Bench, name: str, arch: dict, dataset: str, shape: tuple, 
     return bench.add(
         rates,
         batch * args.steps,
+        gflops_per_image=gflops,
         group="dp_train" if mode else "train",
         arch=name,
         arch_key=arch_key(arch),
@@ -291,8 +337,8 @@ def run_train(bench: Bench, private: bool) -> None:
                 if args.quick and private and mode != "hooks" and dataset != "liver":
                     continue  # the mode comparison runs at one shape in quick mode
                 try:
-                    train_case(bench, name, arch, dataset, shape, mode)
-                except (NotImplementedError, RuntimeError) as err:
+                    isolated(bench, train_case, name, arch, dataset, shape, mode)
+                except Exception as err:  # a mode that fails on a model, out of memory
                     bench.add(
                         [],
                         0,
@@ -308,7 +354,7 @@ def run_train(bench: Bench, private: bool) -> None:
         for dataset, shape in DEMO_SHAPES.items():
             for name, arch in archs.items():
                 if arch["family"] == "monai_unet" and name in args.archs:
-                    train_case(bench, name, arch, dataset, shape, None)
+                    isolated(bench, train_case, name, arch, dataset, shape, None)
 
 
 # --- output / loss-map extraction ---------------------------------------------------------------
@@ -345,7 +391,7 @@ def run_extract(bench: Bench) -> None:
     try:
         for dataset, name in cases:
             if name in args.archs:
-                extract_case(bench, dataset, name, archs[name], tmp)
+                isolated(bench, extract_case, dataset, name, archs[name], tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -364,6 +410,7 @@ def extract_case(bench: Bench, dataset: str, name: str, arch: dict, tmp: Path) -
     rows = np.arange(n)
     torch.manual_seed(0)
     model = build_model(arch, shape[0], shape[3]).to(device).eval()
+    gflops = forward_gflops(model, shape)
     out = np.lib.format.open_memmap(
         tmp / "logits.npy", mode="w+", dtype=np.float16, shape=(n, shape[3], *shape[1:3])
     )
@@ -419,6 +466,7 @@ def extract_case(bench: Bench, dataset: str, name: str, arch: dict, tmp: Path) -
             setting=setting,
             pipeline=int(setting == settings[0][0]),
             note=f"{statistics.median(rates[i]) / base:.1f}x the bs-1 loop",
+            gflops_per_image=gflops,
             **shape_fields(dataset, shape),
         )
         row["peak_rss_mb"] = round(rss, 1)
@@ -546,7 +594,7 @@ def run_attack(bench: Bench) -> None:
     if not bench.args.quick:
         cases += [("resnet34", "kvasir", 2, 4), ("small_cnn", "cityscapes", 19, 16)]
     for case in cases:
-        attack_case(bench, *case)
+        isolated(bench, attack_case, *case)
 
 
 def attack_case(bench: Bench, classifier: str, dataset: str, channels: int, batch: int) -> None:
@@ -565,9 +613,10 @@ def attack_case(bench: Bench, classifier: str, dataset: str, channels: int, batc
         "height": h,
         "width": w,
     }
-    reset_peak(device)
     torch.manual_seed(0)
     model = build_classifier({"classifier": classifier, "width": 16}, channels).to(device)
+    fields["gflops_per_image"] = forward_gflops(model, (channels, h, w))
+    reset_peak(device)
     optimizer = torch.optim.NAdam(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     x = torch.rand(batch, channels, h, w, device=device)
@@ -733,6 +782,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query-mia", type=int, default=100, help="MIA members of the query case")
     p.add_argument(
         "--out", type=Path, help="output stem (default benchmarks/results/<device>-<date>)"
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every case in this process (faster; peak memory then accumulates)",
     )
     args = p.parse_args(argv)
     quick = args.quick

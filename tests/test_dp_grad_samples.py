@@ -161,3 +161,42 @@ def test_ghost_needs_the_criterion():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="criterion"):
         make_private(model, optimizer, 8, Recipe(epochs=1, batch_size=4, lr=0.1), spec)
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_an_empty_poisson_batch_is_a_noise_only_step(mode):
+    """Poisson sampling can draw an empty batch (paper setting: p = e^-8 per step, ~4400 steps);
+    Opacus' per-sample machinery fails on a zero-sample forward, so the loop takes the DP step
+    without one: zero gradient plus noise, counted by the accountant."""
+    from segmia.models.private import step_on_empty_batch
+
+    torch.manual_seed(0)
+    arch = {"family": "monai_unet", "channels": [4, 8], "strides": [2]}
+    model = build_model(arch, 1, 1, private=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    spec = {
+        "epsilon": 8.0,
+        "delta": 1e-3,
+        "max_grad_norm": 1.0,
+        "grad_sample_mode": mode,
+        "accountant": "rdp",
+    }
+    recipe = Recipe(epochs=1, batch_size=4, lr=0.1)
+    gsm, optimizer, _, engine, wrapped = make_private(
+        model, optimizer, 16, recipe, spec, criterion=PerImageDiceLoss()
+    )
+    before = [p.detach().clone() for p in gsm.parameters()]
+    optimizer.zero_grad(set_to_none=True)
+    step_on_empty_batch(optimizer)
+    moved = torch.cat(
+        [(b - p.detach()).flatten() for b, p in zip(before, gsm.parameters(), strict=True)]
+    )
+    # lr x noise_multiplier x max_grad_norm / expected batch size, per coordinate
+    std = 0.1 * optimizer.noise_multiplier * 1.0 / 4
+    assert 0.5 * std < float(moved.std()) < 1.5 * std
+    assert engine.accountant.history[-1][-1] == 1  # one step accounted
+    loss_fn = wrapped or PerImageDiceLoss()
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(gsm(torch.rand(3, 1, 16, 16)), torch.zeros(3, 16, 16, dtype=torch.long)).backward()
+    optimizer.step()  # the next (non-empty) step works
+    assert engine.accountant.history[-1][-1] == 2

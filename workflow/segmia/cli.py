@@ -223,7 +223,7 @@ def cmd_estimate(args) -> None:
 
     config = load_config_file(args.configfile)
     throughput = args.throughput or default_throughput()
-    print(estimate_report(config, throughput, str(args.configfile), args.speedup))
+    print(estimate_report(config, throughput, str(args.configfile), args.speedup, args.gpu_tflops))
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -372,6 +372,12 @@ def parser() -> argparse.ArgumentParser:
         "--speedup",
         type=float,
         help="with a CPU CSV: an assumed CPU->GPU factor for an extrapolated GPU-hours column",
+    )
+    s.add_argument(
+        "--gpu-tflops",
+        type=float,
+        help="with a CPU CSV: extrapolate GPU-hours assuming this sustained GPU training rate "
+        "(TFLOP/s) against the CPU's measured rate",
     )
     s.set_defaults(func=cmd_estimate)
     return p

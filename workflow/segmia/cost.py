@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,14 +176,15 @@ def read_throughput(path: str | Path) -> list[dict]:
 
 
 def default_throughput(search: list[Path] | None = None) -> Path:
-    """The newest GPU benchmark CSV under ``benchmarks/results/`` (else the newest CPU one)."""
+    """The newest GPU benchmark CSV under ``benchmarks/results/`` (``cuda-<date>.csv``), else
+    the newest CPU one (``cpu-<date>.csv``)."""
     roots = search or [Path.cwd(), Path(__file__).resolve().parents[2]]
     for root in roots:
         folder = root / "benchmarks" / "results"
-        files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
-        if files:
-            gpu = [f for f in files if not f.name.startswith("cpu-")]
-            return max(gpu or files, key=lambda f: (f.name.split("-", 1)[-1], f.name))
+        for kind in ("cuda", "cpu"):
+            files = sorted(folder.glob(f"{kind}-*.csv")) if folder.is_dir() else []
+            if files:
+                return files[-1]
     raise SegmiaError(
         "no benchmark CSV found under benchmarks/results/; run `python benchmarks/run.py` on the "
         "target machine or pass --throughput FILE.csv"
@@ -273,8 +275,8 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
                 rate = look.rate("train", key, shape, batch)
             if variant["type"] == "crop":
                 rate /= variant.get("fraction", 0.5) ** 2
-            if variant["type"] == "distillation":
-                images = int(variant["reference_size"])
+            if variant["type"] == "distillation":  # at most the reference set (or the pool)
+                images = min(int(variant["reference_size"]), int(ds["split"]["victim_pool"]))
                 cost["train"] += images / infer
             seconds = epochs * images / rate
             val = int(ds["split"]["val_size"])
@@ -292,7 +294,7 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
             if attack_model is None:
                 continue
             channels = 2 * k_out if ev.attack == "type2" else k_out
-            shape = (channels, h, w, 1)
+            shape = (channels, h, w, None)
             score = look.rate("attack_score", recipe["classifier"], shape)
             if attack_model not in done_attacks:
                 done_attacks.add(attack_model)
@@ -310,13 +312,28 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
     return out, look
 
 
+def cpu_training_gflops(rows: list[dict]) -> float | None:
+    """The benchmarked device's effective training rate (GFLOP/s): the median over the plain
+    training rows of images/s x 3 x forward GFLOPs per image (backward ~ 2x forward)."""
+    rates = [
+        r["images_per_s"] * 3 * float(r["gflops_per_image"])
+        for r in rows
+        if r["group"] == "train" and r.get("gflops_per_image") not in (None, "")
+    ]
+    return statistics.median(rates) if rates else None
+
+
 def _meta(rows: list[dict]) -> dict:
     first = rows[0]
     return {k: first.get(k, "") for k in ("device", "device_name", "threads", "date", "torch")}
 
 
 def estimate_report(
-    config: dict, throughput: str | Path, configfile: str = "", speedup: float | None = None
+    config: dict,
+    throughput: str | Path,
+    configfile: str = "",
+    speedup: float | None = None,
+    gpu_tflops: float | None = None,
 ) -> str:
     rows = read_throughput(throughput)
     meta = _meta(rows)
@@ -328,15 +345,27 @@ def estimate_report(
         f"throughput measured on {meta['device']} ({meta['device_name']}, {meta['threads']} "
         f"threads, torch {meta['torch']}, {meta['date']})",
     ]
+    if on_cpu and gpu_tflops and not speedup:
+        cpu = cpu_training_gflops(rows)
+        if cpu is None:
+            raise SegmiaError(f"{throughput} has no gflops_per_image column to compare FLOP rates")
+        speedup = gpu_tflops * 1000 / cpu
+        why = (
+            f"= an assumed sustained {gpu_tflops:g} TFLOP/s on the GPU / {cpu:.1f} GFLOP/s "
+            "measured training on this CPU"
+        )
+    else:
+        why = "assumed"
     if on_cpu:
         lines.append(
-            "THESE ARE CPU NUMBERS (hours on the benchmarked CPU). "
+            "THESE ARE CPU NUMBERS (hours on the benchmarked CPU"
+            + (", per core" if str(meta["threads"]) == "1" else "")
+            + "). "
             + (
-                f"The GPU column divides them by an assumed speed-up of {speedup:g}x "
-                "(extrapolated, not measured)."
+                f"The GPU column is EXTRAPOLATED, not measured: CPU-hours / {speedup:.0f} ({why})."
                 if speedup
                 else "For GPU-hours run `python benchmarks/run.py` on the GPU and pass its CSV "
-                "with --throughput (or give an assumed CPU->GPU factor with --speedup)."
+                "with --throughput (or extrapolate with --gpu-tflops or --speedup)."
             )
         )
     head = f"| study | models (new) | train {unit} | query {unit} | attack fit {unit} | attack eval {unit} | total {unit} |"
