@@ -360,22 +360,34 @@ def run_train(bench: Bench, private: bool) -> None:
 # --- output / loss-map extraction ---------------------------------------------------------------
 
 
-def extract_settings(device: torch.device, options: set[str]) -> list[tuple[str, dict]]:
+def extract_settings(
+    device: torch.device, options: set[str], compile_too: bool
+) -> list[tuple[str, dict]]:
     """(setting name, predict_logits keyword arguments); the first is the pipeline's path."""
     import inspect
 
     from segmia.attacks.outputs import predict_logits
 
-    cpu_option = "on_cpu" in inspect.signature(predict_logits).parameters
+    params = inspect.signature(predict_logits).parameters
+    compile_too = compile_too and "compile" in options and "compile" in params
     if device.type == "cuda":
-        return [("amp+cl", {}), ("fp32", {"amp": False, "channels_last": False})]
+        settings = [("amp+cl", {}), ("fp32", {"amp": False, "channels_last": False})]
+        if compile_too:
+            settings.append(("compile+amp+cl", {"compile": True}))
+        return settings
     settings = [("fp32", {})]
-    if cpu_option:
+    if "on_cpu" in params:
         if "cl" in options:
             settings.append(("cl", {"amp": False, "on_cpu": True}))
         if "bf16" in options:
             settings.append(("bf16", {"channels_last": False, "on_cpu": True}))
             settings.append(("bf16+cl", {"on_cpu": True}))
+    if compile_too:
+        settings.append(("compile", {"compile": True}))
+        if "on_cpu" in params and "bf16" in options:
+            settings.append(
+                ("compile+bf16", {"compile": True, "channels_last": False, "on_cpu": True})
+            )
     return settings
 
 
@@ -436,7 +448,7 @@ def extract_case(bench: Bench, dataset: str, name: str, arch: dict, tmp: Path) -
             out[i] = pred[0].cpu().numpy().astype(np.float16)
 
     plans = [("bs1-loop", 1, bs1_loop)]
-    settings = extract_settings(device, set(args.extract_settings))
+    settings = extract_settings(device, set(args.extract_settings), name in args.compile_archs)
     for bs in args.extract_batch_sizes:
         if bs > n:
             continue
@@ -444,8 +456,11 @@ def extract_case(bench: Bench, dataset: str, name: str, arch: dict, tmp: Path) -
             if bs != max(args.extract_batch_sizes) and setting != settings[0][0]:
                 continue  # other settings only at the largest batch
             plans.append((setting, bs, batched(bs, kwargs)))
-    for _, _, run in plans:  # warm-up
+    warmup = []
+    for _, _, run in plans:  # warm-up (and compilation)
+        start = time.perf_counter()
         run()
+        warmup.append(time.perf_counter() - start)
     rates: dict[int, list[float]] = {i: [] for i in range(len(plans))}
     peaks: dict[int, tuple] = {}
     for _ in range(args.repeats):  # interleaved rounds: every plan sees the same load
@@ -465,7 +480,8 @@ def extract_case(bench: Bench, dataset: str, name: str, arch: dict, tmp: Path) -
             batch_size=bs,
             setting=setting,
             pipeline=int(setting == settings[0][0]),
-            note=f"{statistics.median(rates[i]) / base:.1f}x the bs-1 loop",
+            note=f"{statistics.median(rates[i]) / base:.1f}x the bs-1 loop"
+            + (f"; first call incl. compilation {warmup[i]:.0f} s" if "compile" in setting else ""),
             gflops_per_image=gflops,
             **shape_fields(dataset, shape),
         )
@@ -711,6 +727,30 @@ def run_demo(bench: Bench) -> None:
 # --- output -------------------------------------------------------------------------------------
 
 
+GROUP_ROWS = {
+    "train": ("train",),
+    "dp": ("dp_train",),
+    "extract": ("extract", "extract_bs1"),
+    "query": ("query",),
+    "attack": ("attack_train", "attack_score"),
+    "demo": ("demo",),
+}
+
+
+def merge_existing(bench: Bench, stem: Path, ran: set[str]) -> None:
+    """Keep an existing CSV's rows of the groups not run now (``--only`` reruns a group)."""
+    path = stem.with_suffix(".csv")
+    if not path.exists():
+        return
+    replaced = {g for name in ran for g in GROUP_ROWS[name]}
+    with path.open(newline="") as fh:
+        kept = [r for r in csv.DictReader(fh) if r["group"] not in replaced]
+    for row in kept:
+        for key in ("images_per_s", "images_per_s_min", "images_per_s_max"):
+            row[key] = float(row[key]) if row[key] not in ("", None) else ""
+    bench.rows = kept + bench.rows
+
+
 def write(bench: Bench, stem: Path, load: tuple) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     with stem.with_suffix(".csv").open("w", newline="") as fh:
@@ -775,8 +815,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--extract-settings",
         nargs="+",
-        default=["cl", "bf16"],
-        help="extra CPU settings of the extraction benchmark (cl, bf16)",
+        default=["cl", "bf16", "compile"],
+        help="extra settings of the extraction benchmark (CPU: cl, bf16; compile)",
+    )
+    p.add_argument(
+        "--compile-archs",
+        nargs="+",
+        default=["resnet34"],
+        help="architectures whose extraction is also measured compiled (minutes on a CPU)",
     )
     p.add_argument("--extract-images", type=int, help="images per extraction measurement")
     p.add_argument("--query-mia", type=int, default=100, help="MIA members of the query case")
@@ -824,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(bench)
     finally:
         if bench.rows:
+            if args.only:
+                merge_existing(bench, stem, run)
             write(bench, stem, load)
     return 0
 

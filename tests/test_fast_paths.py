@@ -110,3 +110,29 @@ def test_cpu_autocast_is_opt_in():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     with autocast(cpu, enabled=False, cpu=True):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_compile_falls_back_to_eager_when_compilation_fails(overfitted, monkeypatch, caplog):
+    model, images, *_ = overfitted
+    plain = _logits(model, images, batch_size=12)
+
+    def broken(module, **kwargs):
+        def run(x):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level("WARNING", logger="segmia"):
+        fallback = _logits(model, images, batch_size=12, compile=True)
+    np.testing.assert_array_equal(fallback, plain)
+    assert "torch.compile failed" in caplog.text
+
+
+@pytest.mark.slow
+def test_compiled_queries_match_eager(overfitted):
+    """torch.compile (inductor, frozen weights, padded last batch) on the CPU: same logits."""
+    model, images, *_ = overfitted
+    plain = _logits(model, images, batch_size=12)  # 32 = 12 + 12 + 8: the last batch is padded
+    compiled = _logits(model, images, batch_size=12, compile=True)
+    np.testing.assert_allclose(compiled, plain, rtol=2e-3, atol=2e-3)

@@ -8,6 +8,7 @@ Released maps, loss maps and attack features are derived from the logits on the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -36,31 +37,61 @@ def predict_logits(
     amp: bool = True,
     channels_last: bool = True,
     on_cpu: bool = False,
+    compile: bool = False,
 ) -> None:
     """Write the logits of ``images[rows]`` into ``out`` (float16), ``batch_size`` at a time.
 
     ``images`` may be memory-mapped: each batch is one fancy-indexed read of uint8 rows. ``amp``
     (bf16 autocast) and ``channels_last`` apply on CUDA, and on the CPU too with ``on_cpu``.
+    ``compile``: ``torch.compile`` with frozen weights (any device; the last batch is padded to
+    ``batch_size`` so one graph serves all); eager if compilation fails (e.g. no C++ compiler).
     """
     model.eval()
     fast = device.type == "cuda" or on_cpu
     channels_last = channels_last and fast
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        x = (
-            torch.from_numpy(np.ascontiguousarray(images[batch]))
-            .to(device, non_blocking=True)
-            .float()
-            .div_(255.0)
-        )
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp, cpu=on_cpu):
-            logits = model(x)
-        # cast on the device: half the bytes to copy back
-        out[start : start + len(batch)] = logits.to(torch.float16).cpu().numpy()
+    step = torch.compile(model, dynamic=False) if compile else model
+    freezing = _inductor_freezing() if compile else contextlib.nullcontext()
+    with freezing:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            x = (
+                torch.from_numpy(np.ascontiguousarray(images[batch]))
+                .to(device, non_blocking=True)
+                .float()
+                .div_(255.0)
+            )
+            n = len(batch)
+            if step is not model and n < batch_size:  # one shape: no recompilation
+                x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp, cpu=on_cpu):
+                try:
+                    logits = step(x)
+                except Exception as err:  # compilation failed: stay eager
+                    if step is model:
+                        raise
+                    log.warning("torch.compile failed (%s); running eagerly", _first_line(err))
+                    step = model
+                    logits = model(x)
+            # cast on the device: half the bytes to copy back
+            out[start : start + n] = logits[:n].to(torch.float16).cpu().numpy()
+
+
+def _inductor_freezing():
+    """Inductor's weight freezing (constant folding, prepacked convolution weights)."""
+    try:
+        from torch._inductor import config
+
+        return config.patch(freezing=True)
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
 
 
 def outputs_job(
@@ -81,10 +112,13 @@ def outputs_job(
     rows = np.concatenate([members, nonmembers])
     model, spec = load_model(model_dir, data.channels, data.out_channels, device)
     amp = spec["training"].get("amp", True)
+    compile_model = spec["training"].get("compile", False)
     shape = (len(rows), data.out_channels, data.images.shape[2], data.images.shape[3])
     with atomic_path(out_dir / "logits.npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        predict_logits(model, data.images, rows, batch_size, device, out, amp=amp)
+        predict_logits(
+            model, data.images, rows, batch_size, device, out, amp=amp, compile=compile_model
+        )
         out.flush()
         # from the stored float16 maps, a chunk at a time (no float32 copy of the whole set)
         stats = per_image_stats(out, data.masks[rows], data.ignore_index)
