@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from segmia import plan
+from segmia.attacks import names
 from segmia.config import load_config
 from segmia.runtime import gpu_visible
 from segmia.errors import ConfigError
@@ -37,8 +38,8 @@ wildcard_constraints:
     svariant=r"[A-Za-z][A-Za-z0-9_.]*",
     release=r"[A-Za-z][A-Za-z0-9_.]*",
     study=r"[A-Za-z][A-Za-z0-9_.]*",
-    role="victim|shadow",
-    pool="victim|shadow",
+    role=r"victim|shadow|ref\d+",
+    pool="victim|shadow|reference",
     attack=r"[a-z0-9_]+",
     size=r"\d+",
     seed=r"\d+",
@@ -155,6 +156,52 @@ def shadow_of(w):
 def victim_of(w):
     return plan.Model(
         w.dataset, "victim", w.varch, w.vvariant, int(w.size), int(w.seed)
+    )
+
+
+def reference_evaluation(attack):
+    """Evaluation path pattern of a reference attack: the "shadow" is K reference models."""
+    return plan.EVALUATION.replace("{attack}", attack).replace("{svariant}", "refs{k}")
+
+
+def reference_models(w):
+    victim = victim_of(w)
+    return plan.references(
+        plan.Model(w.dataset, "reference", w.sarch, "none", int(w.size), int(w.seed)),
+        int(w.k),
+    )
+
+
+def reference_inputs(w):
+    models = [victim_of(w), *reference_models(w)]
+    files = {}
+    for i, m in enumerate(models):
+        files[f"logits{i}"] = f"{ROOT}/{m.path()}/queries/reference/logits.npy"
+        files[f"samples{i}"] = f"{ROOT}/{m.path()}/queries/reference/samples.csv"
+        files[f"members{i}"] = f"{ROOT}/{m.path()}/members.csv"
+    return files
+
+
+def reference_spec(w):
+    study = next(
+        s
+        for s in CFG["studies"].values()
+        if s["type"] == "attack_comparison" and s["dataset"] == w.dataset
+    )
+    return as_json(
+        {
+            "dataset": w.dataset,
+            "attack": "reference",
+            "release_name": w.release,
+            "release": plan.release_spec(CFG, w.release),
+            "seed": int(w.seed),
+            "train_size": int(w.size),
+            "victim": {"arch": w.varch, "variant": w.vvariant},
+            "shadow": {"arch": w.sarch, "variant": f"refs{w.k}"},
+            "statistic": study["statistic"],
+            "rmia_a": study["rmia_a"],
+            "rmia_gamma": study["rmia_gamma"],
+        }
     )
 
 

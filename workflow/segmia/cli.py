@@ -133,10 +133,19 @@ def cmd_eval_attack(args) -> None:
     )
 
 
-def cmd_global_loss(args) -> None:
-    from .attacks.job import global_loss_job
+def cmd_threshold_attack(args) -> None:
+    from .attacks.job import threshold_job
 
-    global_loss_job(args.shadow_model, args.victim_query, args.data, args.spec, args.out)
+    threshold_job(
+        args.spec["attack"], args.shadow_model, args.victim_query, args.data, args.spec, args.out
+    )
+
+
+def cmd_reference_attacks(args) -> None:
+    from .attacks.job import reference_attacks_job
+
+    outs = dict(item.split("=", 1) for item in args.out)
+    reference_attacks_job(args.victim_model, args.references, args.data, args.spec, outs)
 
 
 def cmd_collect_models(args) -> None:
@@ -249,7 +258,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
-    s.add_argument("--pool", required=True, choices=["victim", "shadow"])
+    s.add_argument(
+        "--pool",
+        required=True,
+        choices=["victim", "shadow", "reference"],
+        help="query set: a pool's MIA set, or the reference universe",
+    )
     s.add_argument("--train-size", type=int, required=True)
     s.add_argument("--sizes", type=_json, required=True, help="the dataset's split sizes (JSON)")
     s.add_argument("--batch-size", type=int, default=64)
@@ -288,13 +302,27 @@ def parser() -> argparse.ArgumentParser:
     _runtime(s)
     s.set_defaults(func=cmd_eval_attack)
 
-    s = sub.add_parser("global-loss", help="global-loss threshold attack on a victim")
+    s = sub.add_parser(
+        "threshold-attack", help="global-loss or loss-map aggregate attack on a victim"
+    )
     s.add_argument("--shadow-model", required=True, type=Path)
     s.add_argument("--victim-query", required=True, type=Path)
     s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument(
+        "--spec", type=_json, required=True, help="evaluation spec; its 'attack' names the attack"
+    )
     s.add_argument("--out", required=True, type=Path)
-    s.set_defaults(func=cmd_global_loss)
+    s.set_defaults(func=cmd_threshold_attack)
+
+    s = sub.add_parser("reference-attacks", help="LiRA and RMIA on K reference models")
+    s.add_argument("--victim-model", required=True, type=Path)
+    s.add_argument(
+        "--references", required=True, nargs="+", type=Path, help="reference model directories"
+    )
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out", required=True, nargs="+", help="ATTACK=DIR for every attack to write")
+    s.set_defaults(func=cmd_reference_attacks)
 
     s = sub.add_parser("collect-models", help="models' metrics.json files -> summary/models.csv")
     s.add_argument("--out", required=True, type=Path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .attacks.names import REFERENCE
 from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -154,6 +155,17 @@ def _check_references(config: dict, raw: dict) -> None:
     _check_defences(config)
     for name, study in config["studies"].items():
         _check_study(config, name, study)
+    comparisons: dict[str, tuple] = {}
+    for name, study in config["studies"].items():
+        if study["type"] == "attack_comparison":
+            settings = (study["statistic"], study["rmia_a"], study["rmia_gamma"])
+            other = comparisons.setdefault(study["dataset"], (name, settings))
+            if other[1] != settings:
+                _fail(
+                    f"'studies.{name}' and 'studies.{other[0]}' compare attacks on dataset "
+                    f"{study['dataset']!r} with different statistic/rmia_a/rmia_gamma; the "
+                    "reference attacks of a dataset share one setting. Make them agree."
+                )
     for name, ds in datasets.items():
         split = ds["split"]
         sizes = [split["train_size"]] + [
@@ -200,6 +212,14 @@ STUDY_KEYS = {
     "defences": {"architecture", "defences"},
     "dp_sweep": {"architecture", "defence", "epsilons"},
     "poisoning": {"architecture", "rates", "triggers", "trigger_size", "trigger_value", "target"},
+    "attack_comparison": {
+        "architecture",
+        "defences",
+        "reference_models",
+        "statistic",
+        "rmia_a",
+        "rmia_gamma",
+    },
 }
 COMMON_STUDY_KEYS = {"type", "dataset", "attacks", "train_size", "seeds", "caption"}
 
@@ -262,6 +282,12 @@ def _check_study(config: dict, name: str, study: dict) -> None:
                 f"'{where}.defences' names {defence!r}, which is not defined under 'defences'; "
                 f"defined: {', '.join(['none', *sorted(defences)])}."
             )
+    needs_references = sorted(set(study["attacks"]) & set(REFERENCE))
+    if needs_references and study["type"] != "attack_comparison":
+        _fail(
+            f"'{where}.attacks' lists {', '.join(needs_references)}, which need reference models: "
+            "run them in a study of type attack_comparison (key reference_models)."
+        )
     if study["type"] == "dp_sweep":
         base = defences.get(study["defence"])
         if base is None or base["type"] != "dp":

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..data.prepared import load_prepared
-from ..data.split import mia_indices, read_split
+from ..data.split import mia_indices, read_split, reference_universe
 from ..io import atomic_path, read_csv, read_npy, write_csv
 from ..models.job import load_model
 from ..models.losses import cross_entropy_map, per_image_dice_loss, probabilities
@@ -69,8 +69,8 @@ def outputs_job(
     out_dir = Path(out_dir)
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
-    members, nonmembers = mia_indices(split, pool, train_size, sizes)
-    rows = np.concatenate([members, nonmembers])
+    queries = query_set(split, pool, train_size, sizes)
+    rows = queries["row"].to_numpy()
     model, spec = load_model(model_dir, data.channels, data.out_channels, device)
     amp = spec["training"].get("amp", True)
     shape = (len(rows), data.out_channels, data.images.shape[2], data.images.shape[3])
@@ -78,36 +78,54 @@ def outputs_job(
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         predict_logits(model, data.images, rows, batch_size, device, out, amp=amp)
         out.flush()
-        logits = torch.from_numpy(np.asarray(out, dtype=np.float32))
+        stats = per_image_stats(out, data.masks, rows, data.ignore_index)
         del out
-    masks = torch.from_numpy(np.ascontiguousarray(data.masks[rows])).long()
-    stats = per_image_stats(logits, masks, data.ignore_index)
-    samples = pd.DataFrame(
-        {
-            "sample_id": split.loc[rows, "sample_id"].to_numpy(),
-            "row": rows,
-            "member": np.r_[np.ones(len(members), int), np.zeros(len(nonmembers), int)],
-            **stats,
-        }
-    )
+    samples = queries.assign(**stats)
     write_csv(out_dir / "samples.csv", samples)
     log.info(
-        "queried %s on %d members + %d non-members of the %s pool",
+        "queried %s on %d samples of the %s query set (%d members, %d non-members)",
         model_dir,
-        len(members),
-        len(nonmembers),
+        len(rows),
         pool,
+        int((samples["member"] == 1).sum()),
+        int((samples["member"] == 0).sum()),
     )
     return samples
 
 
+def query_set(split: pd.DataFrame, pool: str, train_size: int, sizes: dict) -> pd.DataFrame:
+    """The samples a model is queried on: sample_id, row, member (1, 0, or -1 = not evaluated).
+
+    ``victim``/``shadow``: that pool's balanced MIA set; ``reference``: the reference universe
+    (the victim's MIA set, filler and population; see ``split.reference_universe``).
+    """
+    if pool == "reference":
+        return reference_universe(split, train_size, sizes)[["sample_id", "row", "member", "part"]]
+    members, nonmembers = mia_indices(split, pool, train_size, sizes)
+    rows = np.concatenate([members, nonmembers])
+    return pd.DataFrame(
+        {
+            "sample_id": split.loc[rows, "sample_id"].to_numpy(),
+            "row": rows,
+            "member": np.r_[np.ones(len(members), int), np.zeros(len(nonmembers), int)],
+        }
+    )
+
+
 def per_image_stats(
-    logits: torch.Tensor, masks: torch.Tensor, ignore_index: int | None, chunk: int = 256
+    logits: np.ndarray,
+    masks: np.ndarray,
+    rows: np.ndarray,
+    ignore_index: int | None,
+    chunk: int = 64,
 ) -> dict[str, np.ndarray]:
+    """Per-image Dice loss and mean cross-entropy of the plain output, a chunk at a time."""
     dice, ce = [], []
-    for start in range(0, len(logits), chunk):
-        probs = probabilities(logits[start : start + chunk])
-        m = masks[start : start + chunk]
+    for start in range(0, len(rows), chunk):
+        probs = probabilities(
+            torch.from_numpy(np.asarray(logits[start : start + chunk], dtype=np.float32))
+        )
+        m = torch.from_numpy(np.ascontiguousarray(masks[rows[start : start + chunk]])).long()
         dice.append(per_image_dice_loss(probs, m, ignore_index))
         ce_map = cross_entropy_map(probs, m, ignore_index)
         valid = (

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..attacks.names import FAMILY
+from ..attacks.names import LABELS as ATTACK_LABELS
 from ..io import atomic_path, read_json, write_csv
 from . import figures
 from .summary import collect_evaluations
 from .tables import cell, write_grid_tables
 
-ATTACK_LABELS = {"type1": "Type-I", "type2": "Type-II", "global_loss": "Global loss"}
 ATTACK_METRICS = ["auc", "tpr_at_1pct_fpr", "accuracy"]
 SHORT = {
     "auc": "AUC",
@@ -42,7 +43,7 @@ def load(
     kind = study["type"]
     if kind == "architectures":
         frame["label"] = "victim " + frame["victim"] + " / shadow " + frame["shadow"]
-    elif kind == "defences":
+    elif kind in ("defences", "attack_comparison"):
         frame["label"] = np.where(frame["release"] != "none", frame["release"], frame["variant"])
         order = {d: i for i, d in enumerate(study["defences"])}
         frame = frame.sort_values("label", key=lambda s: s.map(order), kind="stable")
@@ -191,6 +192,58 @@ def write_table(
             _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "target ε"}),
             f"{study_name}: DP-SGD epsilon sweep",
             note + " Spent ε as reported by the Opacus accountant at δ = 1/N unless configured.",
+        )
+        return
+    if kind == "attack_comparison":
+        metrics = [
+            "auc",
+            "auc_ci_low",
+            "auc_ci_high",
+            "tpr_at_1pct_fpr",
+            "tpr_at_0.1pct_fpr",
+            "balanced_accuracy",
+        ]
+        stats = _stats(frame, ["attack", "label"], metrics)
+        order = {a: i for i, a in enumerate(attacks)}
+        stats = stats.sort_values("attack", key=lambda c: c.map(order), kind="stable")
+        numeric = stats.assign(family=stats["attack"].map(FAMILY)).rename(
+            columns={"label": "defence"}
+        )
+        formatted = pd.DataFrame(
+            {"attack": [ATTACK_LABELS.get(a, a) for a in dict.fromkeys(stats["attack"])]}
+        )
+        formatted.insert(1, "family", [FAMILY.get(a, "") for a in dict.fromkeys(stats["attack"])])
+        for defence in dict.fromkeys(stats["label"]):
+            sub = (
+                stats[stats["label"] == defence]
+                .set_index("attack")
+                .reindex(list(dict.fromkeys(stats["attack"])))
+            )
+            formatted[f"{defence}: AUC [95% CI]"] = [
+                f"{cell(m, sd, seeds)} [{lo:.2f}, {hi:.2f}]"
+                for m, sd, lo, hi in zip(
+                    sub["auc_mean"],
+                    sub["auc_std"],
+                    sub["auc_ci_low_mean"],
+                    sub["auc_ci_high_mean"],
+                    strict=True,
+                )
+            ]
+            for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"):
+                formatted[f"{defence}: {SHORT[m]}"] = [
+                    cell(a, b, seeds)
+                    for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
+                ]
+        n_nonmembers = int(frame["n_nonmembers"].min()) if "n_nonmembers" in frame else 0
+        _write(
+            stem,
+            numeric,
+            formatted,
+            f"{study_name}: attack comparison",
+            note
+            + f" AUC CI: bootstrap over the victim's MIA samples (first seed's interval averaged over seeds). "
+            f"With {n_nonmembers} non-members the smallest resolvable FPR is {1 / max(n_nonmembers, 1):.3g}; "
+            "TPR at a lower FPR is the TPR at zero false positives.",
         )
         return
     if kind == "poisoning":
