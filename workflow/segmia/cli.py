@@ -350,7 +350,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import configure_logging
+    from .logs import configure_logging
 
     args = parser().parse_args(argv)
     configure_logging(logging.WARNING if args.quiet else logging.INFO)

@@ -40,6 +40,8 @@ from ..io import atomic_path
 log = logging.getLogger("segmia")
 
 CHUNK = 1 << 20
+#: network read size: a dropped connection loses at most this much of what was received
+NET_CHUNK = 1 << 16
 #: HTTP statuses worth retrying (the server may recover); every other 4xx is final
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 DIGESTS = ("md5", "sha256")
@@ -307,7 +309,7 @@ def _copy_body(response, part: Path, mode: str, want: int | None, shown: str) ->
     step = max(want // 10, CHUNK) if want else 1 << 30
     mark = done + step
     with open(part, mode) as fh:
-        for block in response.iter_content(CHUNK):
+        for block in response.iter_content(NET_CHUNK):
             fh.write(block)
             done += len(block)
             if done >= mark:
@@ -342,6 +344,8 @@ def _describe_network_error(err: Exception) -> str:
         return "the host name could not be resolved (offline?)"
     if "timed out" in text.lower():
         return "the connection timed out"
+    if "Connection broken" in text or "IncompleteRead" in text:
+        return "the connection broke off mid-file"
     return type(err).__name__
 
 
