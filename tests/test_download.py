@@ -4,6 +4,7 @@ the messages a user sees when something fails (all against a server on 127.0.0.1
 import json
 import tarfile
 
+import numpy as np
 import pytest
 from conftest import run_segmia
 from segmia.data.download import (
@@ -376,3 +377,32 @@ def test_tar_member_sizes_match_after_extraction(tmp_path):
     assert extract(tmp_path / "t.tar", tmp_path / "out") == 2
     for name, content in data.items():
         assert (tmp_path / "out" / name).read_bytes() == content
+
+
+@pytest.mark.parametrize("failure", ["404", "refused", "checksum", "dropped"])
+def test_a_later_good_run_needs_no_cleanup(upstream, tmp_path, failure):
+    noise = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    good = zip_bytes({**kvasir_tree(), "kvasir-seg/noise.bin": noise})  # larger than a read
+    params = {**PARAMS, "retries": 0, "base_url": upstream.url}
+    if failure == "refused":
+        params["base_url"] = f"http://127.0.0.1:{free_port()}"
+    elif failure == "checksum":
+        upstream.files["/kvasir-seg.zip"] = good
+        params["checksums"] = {"kvasir-seg.zip": "sha256:" + "ab" * 32}
+    elif failure == "dropped":
+        upstream.files["/kvasir-seg.zip"] = good
+        upstream.drop_once["/kvasir-seg.zip"] = len(good) - 100
+    raw = tmp_path / "raw" / "kvasir"
+    with pytest.raises(DownloadError, match="Download kvasir-seg.zip"):
+        download_source(get_source("kvasir"), raw, params, tmp_path / "lock.json")
+    assert not (raw / "kvasir-seg.zip").exists() and not (raw / "extracted").exists()
+    if failure == "dropped":  # what arrived is kept for the next run to resume
+        assert (raw / "kvasir-seg.zip.part").exists()
+    upstream.files["/kvasir-seg.zip"] = good
+    fixed = {**PARAMS, "base_url": upstream.url}
+    assert (
+        download_source(get_source("kvasir"), raw, fixed, tmp_path / "lock.json") / "kvasir-seg"
+    ).is_dir()
+    assert sorted(p.name for p in raw.iterdir()) == ["extracted", "kvasir-seg.zip"]
+    if failure == "dropped":
+        assert upstream.requests[-1][2].get("Range", "").startswith("bytes=")

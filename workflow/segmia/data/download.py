@@ -285,6 +285,8 @@ def fetch(
             last_error = _describe_network_error(err)
             continue
     else:
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()
         raise DownloadError(
             f"could not download {shown} after {policy.retries + 1} attempt(s): {last_error}"
         )
