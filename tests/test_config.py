@@ -185,6 +185,10 @@ def test_public_datasets_get_their_source_defaults(paper):
             ["download.checksums", "liver.zip", "Task03_Liver.tar"],
         ),
         (
+            lambda c: c["datasets"]["liver"].update(prepare={"hu_window": [400, -100]}),
+            ["datasets.liver.prepare.hu_window", "low < high"],
+        ),
+        (
             lambda c: c["datasets"]["liver"].update(synthetic={"groups": 3}),
             ["datasets.liver.synthetic", "only synthetic sources"],
         ),

@@ -238,6 +238,13 @@ def _check_source_keys(name: str, ds: dict, raw: dict) -> None:
             f"Invalid configuration: 'datasets.{name}.{wrong[0]}' does not apply to source "
             f"{ds['source']!r}: {what}. Remove the key."
         )
+    if ds["source"] == "liver":
+        low, high = ds["prepare"]["hu_window"]
+        if not low < high:
+            raise ConfigError(
+                f"Invalid configuration: 'datasets.{name}.prepare.hu_window' is [{low}, {high}]; "
+                "write it as [low, high] with low < high (Hounsfield units)."
+            )
     if public:
         from .data.sources import get_source
 
