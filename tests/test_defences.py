@@ -66,10 +66,10 @@ def test_crop_trains_on_crops_for_more_epochs():
     assert cx.shape == (4, 1, 32, 24) and cy.shape == (4, 32, 24)
     # the crop is a window of the batch: find it
     found = [
-        (t, l)
+        (t, c)
         for t in range(33)
-        for l in range(25)
-        if torch.equal(x[..., t : t + 32, l : l + 24], cx)
+        for c in range(25)
+        if torch.equal(x[..., t : t + 32, c : c + 24], cx)
     ]
     assert len(found) == 1 and torch.equal(
         y[..., found[0][0] : found[0][0] + 32, found[0][1] : found[0][1] + 24], cy

@@ -1,11 +1,12 @@
 # Config -> targets. All logic lives in the segmia package (segmia.config, segmia.plan).
 import json
+import re
 import sys
 from pathlib import Path
 
 from segmia import plan
 from segmia.attacks import names
-from segmia.config import load_config
+from segmia.config import PUBLIC_SOURCES, load_config
 from segmia.runtime import gpu_visible
 from segmia.errors import ConfigError
 
@@ -57,6 +58,28 @@ def prepared(dataset):
 
 def prepared_dir(wildcards):
     return f"{RES}/{plan.PREPARED.format(dataset=wildcards.dataset)}"
+
+
+# Public datasets (liver, kvasir, cityscapes): downloaded per source into {resources}/raw/<source>/
+PUBLIC = {d: ds for d, ds in CFG["datasets"].items() if ds["source"] in PUBLIC_SOURCES}
+PUBLIC_USED = sorted({ds["source"] for ds in PUBLIC.values()})
+
+
+def raw_dir(source):
+    return f"{RES}/raw/{source}"
+
+
+def extracted(source):
+    return f"{raw_dir(source)}/extracted"
+
+
+def download_params(source):
+    return next(ds["download"] for ds in PUBLIC.values() if ds["source"] == source)
+
+
+def alternatives(names):
+    """A wildcard constraint matching exactly these names (or nothing)."""
+    return "|".join(re.escape(n) for n in names) or "^$"
 
 
 def split_file(wildcards):

@@ -67,6 +67,23 @@ def cmd_synthesize(args) -> None:
     )
 
 
+def cmd_download(args) -> None:
+    from .data.download import download_source
+    from .data.sources import get_source
+
+    target = download_source(get_source(args.source), args.raw, args.params, args.lock)
+    log.info("%s: unpacked into %s", args.source, target)
+
+
+def cmd_prepare(args) -> None:
+    from .data.sources import get_source
+
+    count = get_source(args.source).prepare(
+        args.raw, args.params, args.out, args.name or args.source
+    )
+    log.info("wrote %d %s samples to %s", count, args.source, args.out)
+
+
 def cmd_split(args) -> None:
     from .data.prepared import load_prepared
     from .data.split import make_split
@@ -236,6 +253,37 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=cmd_synthesize)
 
+    public = ["liver", "kvasir", "cityscapes"]
+    s = sub.add_parser(
+        "download",
+        help="download (or take the hand-placed archives), verify and unpack a public dataset",
+        description="Archives go to RAW/, the unpacked tree to RAW/extracted/. Cityscapes "
+        "reads its account from CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD.",
+    )
+    s.add_argument("--source", required=True, choices=public)
+    s.add_argument("--raw", required=True, type=Path, help="e.g. resources/raw/liver")
+    s.add_argument(
+        "--params",
+        type=_json,
+        default={},
+        help="the config's download section (JSON): base_url, checksums, retries, ...",
+    )
+    s.add_argument(
+        "--lock",
+        required=True,
+        type=Path,
+        help="checksum lock file (digests of first downloads), e.g. resources/checksums.lock.json",
+    )
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("prepare", help="convert an unpacked public dataset to the prepared format")
+    s.add_argument("--source", required=True, choices=public)
+    s.add_argument("--raw", required=True, type=Path, help="e.g. resources/raw/liver/extracted")
+    s.add_argument("--params", type=_json, default={}, help="the config's prepare section (JSON)")
+    s.add_argument("--name", help="dataset name recorded in meta.json")
+    s.add_argument("--out", required=True, type=Path)
+    s.set_defaults(func=cmd_prepare)
+
     s = sub.add_parser("split", help="seeded group-aware pools and roles")
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--params", type=_json, required=True, help="the dataset's split sizes (JSON)")
@@ -365,7 +413,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import configure_logging
+    from .logs import configure_logging
 
     args = parser().parse_args(argv)
     configure_logging(logging.WARNING if args.quiet else logging.INFO)

@@ -72,14 +72,7 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+from .logs import configure_logging  # noqa: E402, F401  (moved; kept importable from here)
 
 
 def _clock(seconds: float) -> str:
