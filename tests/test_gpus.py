@@ -9,7 +9,6 @@ import time
 
 import pytest
 from conftest import REPO
-
 from segmia import gpus
 from segmia.errors import SegmiaError
 
