@@ -32,8 +32,14 @@ include: "workflow/rules/attacks.smk"
 include: "workflow/rules/report.smk"
 
 
+# Cheap steps run on the submitting machine (a cluster's login node), not as cluster jobs.
 localrules:
     all,
+    table,
+    figure,
+    study_summary,
+    summary_attacks,
+    summary_models,
 
 
 rule all:

@@ -7,7 +7,8 @@
 #
 # Needs root and the Debian packages `slurm-wlm munge`. Idempotent: start leaves running daemons
 # alone, stop ignores stopped ones. It writes /etc/slurm/slurm.conf (marked as ours) and refuses
-# to touch a slurm.conf it did not write. No accounting database: `sacct` is disabled, so
+# to touch a slurm.conf it did not write. Exit status 2: this machine cannot host it (not root,
+# packages missing, a foreign slurm.conf); 1: it failed to start. No accounting database: `sacct` is disabled, so
 # Snakemake must poll with `--slurm-status-command squeue` (profiles/slurm does).
 # Node name = `hostname -s`, CPUs = `nproc`, RealMemory from `free -m`; partition "debug".
 set -euo pipefail
@@ -20,6 +21,7 @@ CTLD_PID=/run/slurmctld.pid
 SLURMD_PID=/run/slurmd.pid
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+cannot() { echo "cluster.sh: $*" >&2; exit 2; }  # this machine cannot host the test cluster
 alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     local limit=$1 what=$2; shift 2
@@ -31,13 +33,13 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 check_prereqs() {
-    [[ $(id -u) == 0 ]] || die "needs root (daemons run as root/slurm/munge)"
+    [[ $(id -u) == 0 ]] || cannot "needs root (daemons run as root/slurm/munge)"
     local b
     for b in munged slurmctld slurmd sbatch squeue scontrol sinfo; do
         command -v "$b" >/dev/null || [[ -x /usr/sbin/$b ]] ||
-            die "missing $b: apt-get install -y slurm-wlm munge"
+            cannot "missing $b: apt-get install -y slurm-wlm munge"
     done
-    [[ -s /etc/munge/munge.key ]] || die "missing /etc/munge/munge.key (reinstall munge)"
+    [[ -s /etc/munge/munge.key ]] || cannot "missing /etc/munge/munge.key (reinstall munge)"
 }
 
 write_conf() {
@@ -47,7 +49,7 @@ write_conf() {
     # schedulable memory: 90 % of the total (slurmd drains a node that reports less than RealMemory)
     mem=$(free -m | awk '/^Mem:/ {print int($2 * 0.9)}')
     if [[ -e $CONF ]] && ! grep -qF "$MARK" "$CONF"; then
-        die "$CONF exists and was not written by this script; not touching it"
+        cannot "$CONF exists and was not written by this script; not touching it"
     fi
     mkdir -p "$(dirname "$CONF")"
     cat >"$CONF.new" <<CONFEOF
