@@ -48,5 +48,9 @@ rule all:
         all_targets(),
 
 
+onstart:
+    warn_cluster_gpu_limit()
+
+
 onsuccess:
     print_outputs()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import snakemake
 import torch
 import yaml
 from conftest import BIN, CONFIGS, REPO, load_yaml, snakemake_env, write_config
@@ -212,8 +213,11 @@ def check_jobs_went_through_sbatch(runs):
         assert record, f"SLURM has no record of job {slurm_id}"
         for field in ("JobState=COMPLETED", f"Partition={PARTITION}", f"Name={run_id}"):
             assert field in record.group(0), (field, record.group(0))
-        # the job's SLURM log (written by slurmd) shows the rules Snakemake ran inside the job
-        ran_in_slurm |= rules_in(log.read_text(), indent=r"\s*")
+        # the job's SLURM log (written by slurmd) shows the rules Snakemake ran inside the job,
+        # and that the job ran this environment's Snakemake (sbatch --export=ALL passed PATH on)
+        text = log.read_text()
+        ran_in_slurm |= rules_in(text, indent=r"\s*")
+        assert f"Command: {Path(snakemake.__file__).parent}" in text, text[:2000]
     assert ran_in_slurm == REMOTE_RULES
     # the cheap rules ran on the submitting machine (localrules), nothing else did
     assert rules_in(out) - ran_in_slurm == LOCAL_RULES

@@ -17,19 +17,6 @@ ROOT = CFG["results"]
 RES = CFG["resources"]
 # GPU jobs declare resources: gpu=1 (the profiles cap it) when a GPU is configured or visible.
 GPU = int(CFG["device"] == "cuda" or (CFG["device"] == "auto" and gpu_visible()))
-# `--profile profiles/slurm` also loads the workflow profile profiles/default, whose gpu=1 would run
-# one GPU job at a time on the whole cluster; profiles/slurm is meant for --workflow-profile.
-if (
-    workflow.is_main_process
-    and workflow.non_local_exec
-    and getattr(workflow.global_resources.get("gpu"), "value", None) == 1
-):
-    print(
-        "segmia: warning: a cluster run limited to one GPU job at a time (resources gpu=1, "
-        "probably from profiles/default). Use --workflow-profile profiles/slurm instead of "
-        "--profile profiles/slurm, or raise the limit with --resources gpu=<N>.",
-        file=sys.stderr,
-    )
 # Every rule runs a step of the segmia package of this checkout ("python -m segmia <step>", the
 # same as the console script "segmia <step>"), also inside a --sdm conda environment.
 ENV = "../../envs/segmia.yaml"
@@ -146,3 +133,17 @@ def evaluation_spec(w):
             "shadow": {"arch": w.sarch, "variant": w.svariant},
         }
     )
+
+
+def warn_cluster_gpu_limit():
+    """`--profile profiles/slurm` also loads the workflow profile profiles/default, whose gpu=1
+    would run one GPU job at a time on the whole cluster (profiles/slurm is for --workflow-profile).
+    """
+    limit = workflow.global_resources.get("gpu")
+    if workflow.non_local_exec and getattr(limit, "value", limit) == 1:
+        print(
+            "segmia: warning: a cluster run limited to one GPU job at a time (resources gpu=1, "
+            "probably from profiles/default). Use --workflow-profile profiles/slurm instead of "
+            "--profile profiles/slurm, or raise the limit with --resources gpu=<N>.",
+            file=sys.stderr,
+        )
