@@ -172,9 +172,9 @@ def runs(slurm_cluster, tmp_path_factory):
             )
         )
         procs.append(_snakemake("--cores", "1", *targets, workdir=local_dir, configfile=local_cfg))
-        slurm_out = _finish(procs[0], cluster_dir, "SLURM", timeout=600)
+        slurm_out = _finish(procs[0], cluster_dir, "SLURM", timeout=900)
         wall = time.monotonic() - start
-        _finish(procs[1], local_dir, "local", timeout=600)
+        _finish(procs[1], local_dir, "local", timeout=900)
     finally:
         for proc in procs:
             if proc.poll() is None:
