@@ -74,8 +74,11 @@ def slurm_cluster():
 
 
 def small_config(root: Path) -> dict:
-    """tests/configs/tiny.yaml reduced to one architecture and two attacks (fewer jobs)."""
+    """tests/configs/tiny.yaml reduced to one architecture, two attacks (fewer jobs) and fewer
+    epochs: this test is about where jobs run, not how well the attacks work."""
     config = load_yaml(CONFIGS / "tiny.yaml")
+    config["training"]["epochs"] = 10
+    config["attack"].update(epochs=4, last_k=2)
     config["results"] = str(root / "results")
     config["resources"] = str(root / "resources")
     config["architectures"] = {"tiny": config["architectures"]["tiny"]}
