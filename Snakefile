@@ -33,14 +33,24 @@ include: "workflow/rules/attacks.smk"
 include: "workflow/rules/report.smk"
 
 
+# Cheap steps run on the submitting machine (a cluster's login node), not as cluster jobs.
 localrules:
     all,
+    table,
+    figure,
+    study_summary,
+    summary_attacks,
+    summary_models,
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+
+
+onstart:
+    warn_cluster_gpu_limit()
 
 
 onsuccess:

@@ -241,3 +241,17 @@ def evaluation_spec(w):
             "shadow": {"arch": w.sarch, "variant": w.svariant},
         }
     )
+
+
+def warn_cluster_gpu_limit():
+    """`--profile profiles/slurm` also loads the workflow profile profiles/default, whose gpu=1
+    would run one GPU job at a time on the whole cluster (profiles/slurm is for --workflow-profile).
+    """
+    limit = workflow.global_resources.get("gpu")
+    if workflow.non_local_exec and getattr(limit, "value", limit) == 1:
+        print(
+            "segmia: warning: a cluster run limited to one GPU job at a time (resources gpu=1, "
+            "probably from profiles/default). Use --workflow-profile profiles/slurm instead of "
+            "--profile profiles/slurm, or raise the limit with --resources gpu=<N>.",
+            file=sys.stderr,
+        )

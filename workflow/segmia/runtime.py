@@ -37,8 +37,17 @@ def gpu_visible() -> bool:
 
 
 def setup(device: str = "auto", threads: int = 1, deterministic: bool = True) -> torch.device:
-    """Pick the device (CUDA when present for ``auto``), set threads and determinism."""
+    """Pick the device (CUDA when present for ``auto``), set threads and determinism.
+
+    On a machine with several GPUs and no scheduler, a CUDA job first claims one GPU for itself
+    (segmia.gpus), so concurrent Snakemake jobs do not share a device."""
     torch.set_num_threads(max(1, threads))
+    if device in ("auto", "cuda"):
+        # several GPUs and no scheduler (profiles/gpu-workstation): take one of them for this
+        # process, before CUDA starts; a no-op on CPU-only machines and in SLURM jobs
+        from .gpus import claim_gpu
+
+        claim_gpu()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
