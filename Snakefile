@@ -41,6 +41,7 @@ localrules:
     study_summary,
     summary_attacks,
     summary_models,
+    reproduction,
 
 
 rule all:

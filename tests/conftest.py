@@ -94,3 +94,15 @@ def run_segmia(*args: str, check: bool = True, timeout: int = 600) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"segmia {args[0]} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
     return proc
+
+
+def planned_jobs(proc) -> dict[str, int]:
+    """Job counts per rule from a dry run's "Job stats" table."""
+    out = proc.stdout + proc.stderr
+    counts: dict[str, int] = {}
+    block = out.split("Job stats:")[1].split("\n\n")[0] if "Job stats:" in out else ""
+    for line in block.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from conftest import planned_jobs as _planned
 from conftest import run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -72,3 +73,42 @@ def test_rerun_has_nothing_to_do_and_one_figure_needs_only_its_study(tiny_run):
     tmp, _, configfile, _ = tiny_run
     proc = run_snakemake("-n", "--cores", "1", workdir=tmp, configfile=configfile)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_a_plot_setting_reruns_only_the_plots(tiny_run):
+    tmp, config, _, _ = tiny_run
+    config = {**config, "plots": {**config.get("plots", {}), "dpi": 61}}
+    configfile = write_config(tmp, config, "dpi.yaml")
+    planned = _planned(run_snakemake("-n", "--cores", "1", workdir=tmp, configfile=configfile))
+    assert set(planned) - {"all"} == {"figure"}, planned
+
+
+def test_report_has_every_table_figure_and_caption(tiny_run):
+    tmp, config, configfile, _ = tiny_run
+    report = tmp / "report.html"
+    run_snakemake("--report", str(report), workdir=tmp, configfile=configfile)
+    html = report.read_text()
+    for name in (
+        "type1.csv",
+        "type2.csv",
+        "global_loss.csv",
+        "heatmap.png",
+        "roc.png",
+        "models.csv",
+        "attacks.csv",
+        "REPRODUCTION.md",
+    ):
+        assert name in html, name
+    for caption in (
+        "victim architecture (rows) against shadow architecture",
+        "log-log ROC curves",
+        "One row per trained segmentation model",
+        "Membership Inference Attacks Against Semantic Segmentation Models",
+    ):
+        assert caption in html, caption
+    reproduction = (tmp / "results" / "REPRODUCTION.md").read_text()
+    assert (
+        "## grid" in reproduction
+        and "ROC-AUC" in reproduction
+        and "figures/grid/roc.png" in reproduction
+    )

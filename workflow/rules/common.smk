@@ -101,6 +101,15 @@ def model_from(wildcards, role=None, arch=None, variant=None):
     )
 
 
+def study_json(name):
+    """A study's config plus the type of each defence it names (for the author's logs)."""
+    study = CFG["studies"][name]
+    types = {
+        d: CFG["defences"][d]["type"] for d in study.get("defences", []) if d != "none"
+    }
+    return {**study, "defence_types": types}
+
+
 def teacher_input(wildcards):
     """A distilled victim needs its teacher, the undefended victim (trained once, reused)."""
     if plan.variant_spec(CFG, wildcards.variant)["type"] != "distillation":
@@ -148,7 +157,11 @@ def study_evaluation_files(wildcards, attack=None, name="metrics.json"):
 
 
 def all_targets():
-    targets = [f"{ROOT}/summary/models.csv", f"{ROOT}/summary/attacks.csv"]
+    targets = [
+        f"{ROOT}/summary/models.csv",
+        f"{ROOT}/summary/attacks.csv",
+        f"{ROOT}/REPRODUCTION.md",
+    ]
     for name in CFG["studies"]:
         targets += [
             f"{ROOT}/{stem}.{ext}"
@@ -162,6 +175,7 @@ def all_targets():
 def print_outputs():
     print(f"\nsegmia: all outputs are under {ROOT}/")
     print(f"  summaries: {ROOT}/summary/models.csv, {ROOT}/summary/attacks.csv")
+    print(f"  all tables with figure links: {ROOT}/REPRODUCTION.md")
     for name in CFG["studies"]:
         print(f"  study {name}:")
         for stem in plan.study_tables(CFG, name):

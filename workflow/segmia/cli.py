@@ -216,6 +216,12 @@ def cmd_figure(args) -> None:
     )
 
 
+def cmd_reproduction(args) -> None:
+    from .report.reproduction import write_reproduction
+
+    write_reproduction(args.out, args.studies, args.tables, args.figures)
+
+
 def cmd_check_config(args) -> None:
     from .config import load_config_file
     from .plan import all_evaluations, all_models, study_figures, study_tables
@@ -405,6 +411,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--min-fpr", type=float, default=1e-5)
     _study_inputs(s)
     s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("reproduction", help="REPRODUCTION.md: all study tables with figure links")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--studies", type=_json, required=True, help="the studies of the config (JSON)")
+    s.add_argument("--tables", type=_json, required=True, help="study -> table .md files (JSON)")
+    s.add_argument("--figures", type=_json, required=True, help="study -> figure files (JSON)")
+    s.set_defaults(func=cmd_reproduction)
 
     s = sub.add_parser("check-config", help="validate a config file and list each study's outputs")
     s.add_argument("configfile", type=Path)

@@ -176,11 +176,11 @@ def _check_references(config: dict, raw: dict) -> None:
                 )
     for name, ds in datasets.items():
         split = ds["split"]
-        sizes = [split["train_size"]] + [
-            s["train_size"]
-            for s in config["studies"].values()
-            if s["dataset"] == name and "train_size" in s
-        ]
+        sizes = [split["train_size"]]
+        for s in config["studies"].values():
+            if s["dataset"] == name:
+                sizes += [s["train_size"]] if "train_size" in s else []
+                sizes += s.get("sizes", [])
         from_val = split["nonmembers"] == "validation"
         if from_val and split["mia_size"] > split["val_size"]:
             raise ConfigError(
@@ -230,6 +230,7 @@ STUDY_KEYS = {
     "defences": {"architecture", "defences"},
     "dp_sweep": {"architecture", "defence", "epsilons"},
     "poisoning": {"architecture", "rates", "triggers", "trigger_size", "trigger_value", "target"},
+    "training_sizes": {"architecture", "sizes"},
     "attack_comparison": {
         "architecture",
         "defences",
@@ -239,7 +240,7 @@ STUDY_KEYS = {
         "rmia_gamma",
     },
 }
-COMMON_STUDY_KEYS = {"type", "dataset", "attacks", "train_size", "seeds", "caption"}
+COMMON_STUDY_KEYS = {"type", "dataset", "attacks", "train_size", "seeds", "caption", "paper"}
 
 #: the parameters each defence type takes
 DEFENCE_KEYS = {

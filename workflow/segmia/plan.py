@@ -34,6 +34,7 @@ STUDY_FIGURES = {
     "dp_sweep": ("epsilon", "roc"),
     "poisoning": ("poisoning", "roc"),
     "attack_comparison": ("roc",),
+    "training_sizes": ("training_size", "roc"),
 }
 #: the single table of the study types that have one (architectures: one per attack)
 STUDY_TABLES = {
@@ -41,6 +42,7 @@ STUDY_TABLES = {
     "dp_sweep": "epsilon",
     "poisoning": "poisoning",
     "attack_comparison": "attacks",
+    "training_sizes": "training_size",
 }
 
 
@@ -209,6 +211,20 @@ def study_evaluations(config: dict, name: str) -> list[Evaluation]:
         pairs = [(v, "none", s, "none") for v in archs for s in archs]
     elif kind in ("defences", "attack_comparison"):
         pairs = [_defence_pair(config, study["architecture"], d) for d in study["defences"]]
+    elif kind == "training_sizes":
+        arch = study["architecture"]
+        return [
+            Evaluation(
+                dataset,
+                attack,
+                "none",
+                Model(dataset, "victim", arch, "none", n, seed),
+                Model(dataset, "shadow", arch, "none", n, seed),
+            )
+            for seed in study_seeds(config, study)
+            for n in study["sizes"]
+            for attack in study["attacks"]
+        ]
     else:  # dp_sweep, poisoning: one victim per training variant, undefended shadow
         arch = study["architecture"]
         pairs = [(arch, v, arch, "none") for v in _study_variants(config, study)]

@@ -307,3 +307,57 @@ def poisoning_curves(
     fig.tight_layout()
     save(fig, path, dpi)
     plt.close(fig)
+
+
+def size_curves(
+    frame: pd.DataFrame,
+    logged: dict,
+    path: str | Path,
+    title: str,
+    attack_labels: dict[str, str],
+    dpi: int = 150,
+) -> None:
+    """AUC and accuracy (paper protocol) against the training-set size N; the author's logged
+    accuracy as open markers."""
+    plt, sns = _pyplot()
+    attacks = list(dict.fromkeys(frame["attack"]))
+    colours = dict(zip(attacks, sns.color_palette("tab10", len(attacks)), strict=True))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for ax, metric, ylabel in zip(
+        axes,
+        ["auc", "accuracy"],
+        ["attack ROC-AUC", "attack accuracy (paper protocol)"],
+        strict=True,
+    ):
+        for attack in attacks:
+            sub = (
+                frame[frame["attack"] == attack].groupby("train_size")[metric].agg(["mean", "std"])
+            )
+            ax.errorbar(
+                sub.index,
+                sub["mean"],
+                yerr=np.nan_to_num(sub["std"]),
+                marker="o",
+                capsize=3,
+                color=colours[attack],
+                label=attack_labels.get(attack, attack),
+            )
+            if metric == "accuracy" and attack in logged:
+                sizes = sorted(logged[attack])
+                ax.plot(
+                    sizes,
+                    [logged[attack][n] for n in sizes],
+                    marker="o",
+                    markerfacecolor="none",
+                    linestyle=":",
+                    color=colours[attack],
+                    label=f"{attack_labels.get(attack, attack)} (author's logs)",
+                )
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("training-set size N (images)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path, dpi)
+    plt.close(fig)

@@ -15,7 +15,7 @@ import pandas as pd
 from ..attacks.names import FAMILY
 from ..attacks.names import LABELS as ATTACK_LABELS
 from ..io import atomic_path, read_json, write_csv
-from . import figures
+from . import figures, paper
 from .summary import collect_evaluations
 from .tables import cell, write_grid_tables
 
@@ -47,6 +47,9 @@ def load(
         frame["label"] = np.where(frame["release"] != "none", frame["release"], frame["variant"])
         order = {d: i for i, d in enumerate(study["defences"])}
         frame = frame.sort_values("label", key=lambda s: s.map(order), kind="stable")
+    elif kind == "training_sizes":
+        frame["label"] = [f"N = {n}" for n in frame["train_size"]]
+        frame = frame.sort_values("train_size", kind="stable")
     elif kind == "dp_sweep":
         eps = (
             victims.set_index(["variant", "seed"])["target_epsilon"]
@@ -140,6 +143,16 @@ def _write(
         )
 
 
+def _logs_note(reference: str | None) -> str:
+    if not reference:
+        return ""
+    return (
+        f" Columns marked *author's logs* are the numbers logged by the paper's author for "
+        f"{paper.REFERENCES[reference]} (accuracy, original protocol), shown beside the "
+        "reproduced *acc.* columns."
+    )
+
+
 def write_table(
     study_name: str, study: dict, table: str, evaluations, models, backdoors, stem: str | Path
 ) -> None:
@@ -148,9 +161,35 @@ def write_table(
     kind, attacks = study["type"], study["attacks"]
     seeds = int(frame.groupby(["label", "attack"]).size().max())
     note = f"Dataset `{study['dataset']}`; mean ± standard deviation over {seeds} seed(s); chance AUC 0.5."
+    reference = study.get("paper")
     if kind == "architectures":
         title = f"{study_name}: {ATTACK_LABELS.get(table, table)} attack, victim (rows) x shadow (columns)"
-        write_grid_tables(frame, stem, title)
+        write_grid_tables(
+            frame,
+            stem,
+            title,
+            reference=paper.architecture_grid(reference, table),
+            reference_title=paper.REFERENCES.get(reference, ""),
+        )
+        return
+    if kind == "training_sizes":
+        wide = _wide(frame, "train_size", attacks)
+        formatted = _formatted(wide, "train_size", attacks, {}, seeds).rename(
+            columns={"train_size": "training-set size N"}
+        )
+        for attack, logged in paper.size_accuracy(reference).items():
+            if attack in attacks:
+                wide[f"paper_{attack}_accuracy"] = wide["train_size"].map(logged)
+                formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
+                    ("" if pd.isna(v) else f"{v:.3f}") for v in wide[f"paper_{attack}_accuracy"]
+                ]
+        _write(
+            stem,
+            wide,
+            formatted,
+            f"{study_name}: attack vs training-set size",
+            note + _logs_note(reference),
+        )
         return
     if kind == "defences":
         utility = _utility(victims)
@@ -319,6 +358,11 @@ def draw_figure(
         frame = frame.assign(dice=frame["variant"].map(dice))
         figures.epsilon_curves(
             frame, out, f"{study_name}: attacks vs DP-SGD budget", ATTACK_LABELS, dpi
+        )
+    elif figure == "training_size":
+        logged = paper.size_accuracy(study.get("paper"))
+        figures.size_curves(
+            frame, logged, out, f"{study_name}: attacks vs training-set size", ATTACK_LABELS, dpi
         )
     elif figure == "poisoning":
         figures.poisoning_curves(
