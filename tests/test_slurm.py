@@ -32,8 +32,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PARTITION = "debug"  # the partition cluster.sh configures
 JOBCOMP_LOG = Path("/var/log/slurm/jobcomp.log")  # SLURM's record of every finished job
-REMOTE_RULES = {"synthesize", "split", "train", "query", "fit_attack", "eval_attack", "global_loss"}
-LOCAL_RULES = {"table", "figure", "study_summary", "summary_attacks", "summary_models", "all"}
+REMOTE_RULES = {"synthesize", "split", "train", "query", "fit_attack", "eval_attack", "threshold_attack"}
+LOCAL_RULES = {"table", "figure", "study_summary", "summary_attacks", "summary_models", "reproduction", "all"}
 TIMING = ["train_seconds", "job_seconds"]
 # compared between the SLURM and the local run (besides the split and the summaries)
 COMPARED_FILES = (
@@ -206,7 +206,7 @@ def check_jobs_went_through_sbatch(runs):
         + ", ".join(f"{j} {p.parent.name}" for j, p in jobs.items())
     )
     # 5 submissions: data (synthesize + split), 2 x model (train + query), attack (fit_attack +
-    # eval_attack), global_loss
+    # eval_attack), threshold_attack (global loss)
     assert len(jobs) == 5, out[-4000:]
     run_id = re.search(r"^SLURM run ID: (\S+)$", out, re.M).group(1)
     jobcomp = JOBCOMP_LOG.read_text()  # SLURM's own record of finished jobs

@@ -272,13 +272,16 @@ def study_victims(config: dict, name: str) -> list[Model]:
 
 
 def study_backdoors(config: dict, name: str) -> list[str]:
-    """Backdoor evaluations of a poisoning study: every victim x trigger (clean ones included)."""
+    """Backdoor evaluations of a poisoning study: each poisoned victim with its own trigger, the
+    clean victim (rate 0) with every trigger, as the baseline."""
     study = config["studies"][name]
     if study["type"] != "poisoning":
         return []
+    specs = variants(config)
     out = []
     for model in study_victims(config, name):
-        for trigger in study["triggers"]:
+        own = specs[model.variant].get("trigger")
+        for trigger in [own] if own else study["triggers"]:
             out.append(
                 BACKDOOR.format(
                     **model.__dict__,

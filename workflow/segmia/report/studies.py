@@ -204,13 +204,26 @@ def write_table(
             "relative_cost": "cost vs none",
             "spent_epsilon": "spent ε",
         }
+        formatted = _formatted(wide, "label", attacks, extra, seeds).rename(
+            columns={"label": "defence"}
+        )
+        types = study.get("defence_types", {})
+        for attack, logged in paper.defence_accuracy(reference).items():
+            if attack in attacks:
+                values = [logged.get(types.get(d, d)) for d in wide["label"]]
+                wide[f"paper_{attack}_accuracy"] = values
+                formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
+                    "" if v is None else f"{v:.3f}" for v in values
+                ]
         _write(
             stem,
             wide,
-            _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "defence"}),
+            formatted,
             f"{study_name}: defences (privacy and utility)",
             note
-            + " Argmax and output noise post-process the outputs of the undefended victim (and of the shadow); the other defences are training variants of the victim.",
+            + " Argmax and output noise post-process the outputs of the undefended victim (and"
+            " of the shadow); the other defences are training variants of the victim."
+            + _logs_note(reference),
         )
         return
     if kind == "dp_sweep":
@@ -292,7 +305,9 @@ def write_table(
         wide.insert(2, "rate", wide["label"].map(lookup["rate"]))
         if len(back):
             b = _stats(
-                back, ["trigger", "rate"], ["backdoor_success", "foreground_ratio", "clean_dice"]
+                back,
+                ["trigger", "rate"],
+                ["backdoor_success", "target_agreement", "foreground_ratio", "clean_dice"],
             ).drop(columns="seeds")
             wide = wide.merge(b, on=["trigger", "rate"], how="left")
         realised = (
@@ -305,6 +320,7 @@ def write_table(
             "realised_rate": "realised p",
             "clean_dice_mean": "clean Dice",
             "backdoor_success_mean": "backdoor success",
+            "target_agreement_mean": "target pixel agreement",
             "foreground_ratio_mean": "pred./true fg",
         }
         _write(
@@ -315,7 +331,10 @@ def write_table(
             ),
             f"{study_name}: model poisoning (dishonest adversary)",
             note
-            + " Attacks query clean images; backdoor success = fraction of pixels predicted as the poisoned target on fully triggered validation images.",
+            + " Attacks query clean images. On fully triggered validation images: target pixel"
+            " agreement = fraction of pixels predicted as the poisoned target; pred./true fg ="
+            " predicted over true foreground mass; backdoor success = 1 - min(pred./true fg, 1),"
+            " the share of the foreground the trigger erases.",
         )
         return
     raise ValueError(f"no table for study type {kind!r}")
@@ -335,9 +354,14 @@ def draw_figure(
     frame, victims, back = load(study_name, study, evaluations, models, backdoors)
     if figure == "roc":
         curves: dict[str, dict[str, list[str]]] = {}
+        by_defence = study["type"] == "attack_comparison"  # panel per defence, curve per attack
+        if by_defence:
+            order = {a: i for i, a in enumerate(study["attacks"])}
+            frame = frame.sort_values("attack", key=lambda c: c.map(order), kind="stable")
         for row in frame.itertuples():
-            panel = ATTACK_LABELS.get(row.attack, row.attack)
-            curves.setdefault(panel, {}).setdefault(row.label, []).append(
+            attack = ATTACK_LABELS.get(row.attack, row.attack)
+            panel, label = (f"defence: {row.label}", attack) if by_defence else (attack, row.label)
+            curves.setdefault(panel, {}).setdefault(label, []).append(
                 str(Path(row.path) / "scores.csv")
             )
         for panel in curves:  # one curve per seed file, deduplicated (poisoning repeats rate 0)
