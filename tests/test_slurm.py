@@ -32,8 +32,24 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PARTITION = "debug"  # the partition cluster.sh configures
 JOBCOMP_LOG = Path("/var/log/slurm/jobcomp.log")  # SLURM's record of every finished job
-REMOTE_RULES = {"synthesize", "split", "train", "query", "fit_attack", "eval_attack", "threshold_attack"}
-LOCAL_RULES = {"table", "figure", "study_summary", "summary_attacks", "summary_models", "reproduction", "all"}
+REMOTE_RULES = {
+    "synthesize",
+    "split",
+    "train",
+    "query",
+    "fit_attack",
+    "eval_attack",
+    "threshold_attack",
+}
+LOCAL_RULES = {
+    "table",
+    "figure",
+    "study_summary",
+    "summary_attacks",
+    "summary_models",
+    "reproduction",
+    "all",
+}
 TIMING = ["train_seconds", "job_seconds"]
 # compared between the SLURM and the local run (besides the split and the summaries)
 COMPARED_FILES = (

@@ -119,8 +119,13 @@ def roc_figure(
         if resolution > min_fpr:
             ax.axvspan(min_fpr, resolution, color="0.9", zorder=0)
             ax.text(
-                np.sqrt(min_fpr * resolution), 2 * min_fpr, "FPR below\n1 / #non-members",
-                ha="center", va="bottom", fontsize=7, color="0.4",
+                np.sqrt(min_fpr * resolution),
+                2 * min_fpr,
+                "FPR below\n1 / #non-members",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="0.4",
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -132,7 +137,9 @@ def roc_figure(
             ax.set_ylabel("true positive rate")
     # one legend for all panels (their curves share labels), outside the axes
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
+    )
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, path, dpi)

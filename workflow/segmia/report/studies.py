@@ -220,8 +220,7 @@ def write_table(
             wide,
             formatted,
             f"{study_name}: defences (privacy and utility)",
-            note
-            + " Argmax and output noise post-process the outputs of the undefended victim (and"
+            note + " Argmax and output noise post-process the outputs of the undefended victim (and"
             " of the shadow); the other defences are training variants of the victim."
             + _logs_note(reference),
         )
@@ -330,8 +329,7 @@ def write_table(
                 columns={"label": "trigger, rate"}
             ),
             f"{study_name}: model poisoning (dishonest adversary)",
-            note
-            + " Attacks query clean images. On fully triggered validation images: target pixel"
+            note + " Attacks query clean images. On fully triggered validation images: target pixel"
             " agreement = fraction of pixels predicted as the poisoned target; pred./true fg ="
             " predicted over true foreground mass; backdoor success = 1 - min(pred./true fg, 1),"
             " the share of the foreground the trigger erases.",
