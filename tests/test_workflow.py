@@ -84,29 +84,34 @@ def test_changing_a_plot_setting_reruns_only_the_plots(tiny_run):
 
 
 def test_report_has_every_table_figure_and_caption(tiny_run):
+    import re
+
     tmp, config, configfile, _ = tiny_run
     report = tmp / "report.html"
     run_snakemake("--report", str(report), workdir=tmp, configfile=configfile)
     html = report.read_text()
-    for name in (
-        "type1.csv",
-        "type2.csv",
-        "global_loss.csv",
-        "heatmap.png",
-        "roc.png",
-        "models.csv",
-        "attacks.csv",
-        "REPRODUCTION.md",
-    ):
-        assert name in html, name
-    for caption in (
-        "victim architecture (rows) against shadow architecture",
-        "log-log ROC curves",
-        "One row per trained segmentation model",
-        "Membership Inference Attacks Against Semantic Segmentation Models",
-    ):
-        assert caption in html, caption
-    reproduction = (tmp / "results" / "REPRODUCTION.md").read_text()
+    root = tmp / "results"
+    expected = [root / "tables" / "grid" / f"{a}.csv" for a in ("type1", "type2", "global_loss")]
+    expected += [root / "figures" / "grid" / f"{f}.png" for f in ("heatmap", "roc")]
+    expected += [
+        root / "summary" / "models.csv",
+        root / "summary" / "attacks.csv",
+        root / "REPRODUCTION.md",
+    ]
+    for path in expected:
+        entry = re.search(
+            rf'"{re.escape(str(path))}": {{"name": "{path.name}".*?"caption": "(.*?)", "mime_type"',
+            html,
+        )
+        assert entry, f"{path} missing from the report"
+        caption = " ".join(entry.group(1).split())
+        assert len(caption) > 80 and "System Message" not in caption, (path, caption)
+        if "grid" in path.parts:
+            assert "Study <strong>grid</strong>" in caption, caption
+    text = " ".join(html.split())
+    assert "Victim architecture (rows) against shadow architecture (columns)" in text
+    assert "Membership Inference Attacks Against Semantic Segmentation Models" in text
+    reproduction = (root / "REPRODUCTION.md").read_text()
     assert (
         "## grid" in reproduction
         and "ROC-AUC" in reproduction

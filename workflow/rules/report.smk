@@ -112,9 +112,10 @@ rule reproduction:
         tables=[
             f"{ROOT}/{t}.md" for n in CFG["studies"] for t in plan.study_tables(CFG, n)
         ],
-        figures=[
-            f"{ROOT}/{f}" for n in CFG["studies"] for f in plan.study_figures(CFG, n)
-        ],
+        # linked, not read: a redrawn figure does not rewrite the page
+        figures=ancient(
+            [f"{ROOT}/{f}" for n in CFG["studies"] for f in plan.study_figures(CFG, n)]
+        ),
     output:
         report(
             f"{ROOT}/REPRODUCTION.md",
