@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io import read_csv, read_json, read_npy, write_csv, write_json, write_npy
+from ..io import (
+    open_memmap,
+    read_csv,
+    read_json,
+    read_npy,
+    write_csv,
+    write_json,
+    write_npy,
+)
 
 FILES = ("images.npy", "masks.npy", "index.csv", "meta.json")
 
@@ -157,15 +165,14 @@ class PreparedWriter:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
             os.close(fd)
             self._tmp[name] = Path(tmp)
-        self.images = np.lib.format.open_memmap(
-            self._tmp["images.npy"],
-            mode="w+",
-            dtype=np.uint8,
-            shape=(count, channels, height, width),
-        )
-        self.masks = np.lib.format.open_memmap(
-            self._tmp["masks.npy"], mode="w+", dtype=np.uint8, shape=(count, height, width)
-        )
+        try:  # disk space reserved up front: a full disk is an OSError here, not a SIGBUS later
+            self.images = open_memmap(
+                self._tmp["images.npy"], np.uint8, (count, channels, height, width)
+            )
+            self.masks = open_memmap(self._tmp["masks.npy"], np.uint8, (count, height, width))
+        except BaseException:
+            self.close()
+            raise
         self.rows: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
