@@ -63,6 +63,14 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, kind, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_outputs_get_the_usual_file_mode_not_mkstemps_0600(tmp_path, kind):
+    write, name, payload = WRITERS[kind]
+    write(tmp_path / name, payload())
+    (tmp_path / "plain").touch()  # what open() gives under this umask
+    assert (tmp_path / name).stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
 KILLED_WRITER = """
 import sys, time
 from segmia.io import atomic_path

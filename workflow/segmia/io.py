@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import tempfile
@@ -25,10 +26,7 @@ from .errors import DataError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = temp_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -38,6 +36,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temp_beside(path: str | os.PathLike) -> Path:
+    """A new empty hidden file ``.<name>.<random>.tmp`` in ``path``'s directory (created).
+
+    Its mode is what ``open()`` would give ``path`` (0666 less the umask), not mkstemp's 0600:
+    renamed into place, it must be as readable as any other output (shared results directories).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _file_mode())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+@functools.cache
+def _file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 #: below this many free bytes a failed write counts as "disk full"

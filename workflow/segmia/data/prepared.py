@@ -24,6 +24,7 @@ from ..io import (
     read_csv,
     read_json,
     read_npy,
+    temp_beside,
     write_csv,
     write_json,
     write_npy,
@@ -154,17 +155,13 @@ class PreparedWriter:
     """
 
     def __init__(self, directory: str | Path, count: int, channels: int, height: int, width: int):
-        import tempfile
-
         if count < 1:
             raise DataError(f"{directory}: no samples to write.")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._tmp: dict[str, Path] = {}
         for name in ("images.npy", "masks.npy"):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
-            os.close(fd)
-            self._tmp[name] = Path(tmp)
+            self._tmp[name] = temp_beside(self.directory / name)
         try:  # disk space reserved up front: a full disk is an OSError here, not a SIGBUS later
             self.images = open_memmap(
                 self._tmp["images.npy"], np.uint8, (count, channels, height, width)
