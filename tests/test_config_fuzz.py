@@ -328,3 +328,23 @@ def test_snakemake_dry_run_shows_the_message_without_a_traceback(tmp_path, name)
     lines = [line for line in out.splitlines() if line.startswith("segmia: ")]
     assert len(lines) == 1 and expected in lines[0], out
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_command_line_overrides_are_read_like_the_config_file():
+    """``snakemake --config seeds=[1]`` gives ['1'] (YAML's BaseLoader): read as the file would."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(BASES["tiny"])
+    update_config(
+        config, parse_config(["seeds=[1, 2]", "training={epochs: 3, lr: 1e-3, amp: false}"])
+    )
+    assert config["seeds"] == ["1", "2"]  # what Snakemake hands over
+    resolved = load_config(config)
+    assert resolved["seeds"] == [1, 2]
+    assert resolved["training"]["epochs"] == 3 and resolved["training"]["lr"] == 0.001
+    assert resolved["training"]["amp"] is False
+    update_config(config, parse_config(["training={epochs: ten}"]))
+    assert "'training.epochs' must be of type integer, got 'ten'" in _message(config)
+    update_config(config, parse_config(["training={epochs: 3, lr: nan}"]))
+    assert "'training.lr'" in _message(config)

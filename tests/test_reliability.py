@@ -585,3 +585,65 @@ def test_oom_hints_cover_each_step_with_a_batch_size_key():
     assert "batch_size" in recipe["training"]["properties"]
     assert "batch_size" in recipe["attack_recipe"]["properties"]
     assert set(cli.OOM_HINTS) <= {"train", "fit-attack"}
+
+
+# --- corrupt raw files (the prepare step is the first to read them) --------------------------------
+
+
+def _raw_tree(source: str, tmp_path: Path) -> Path:
+    from upstream import cityscapes_trees, kvasir_tree, liver_tree, write_tree
+
+    if source == "kvasir":
+        return write_tree(tmp_path / "raw", kvasir_tree())
+    if source == "liver":
+        return write_tree(tmp_path / "raw", liver_tree())
+    trees = cityscapes_trees()
+    return write_tree(
+        tmp_path / "raw",
+        {**trees["leftImg8bit_trainvaltest.zip"], **trees["gtFine_trainvaltest.zip"]},
+    )
+
+
+RAW_CORRUPTIONS = {
+    # source, file, damage
+    "truncated_jpeg_image": ("kvasir", "kvasir-seg/images/cju0002abc.jpg", "truncate"),
+    "garbage_jpeg_mask": ("kvasir", "kvasir-seg/masks/cju0001abc.jpg", "garbage"),
+    "truncated_png_image": (
+        "cityscapes",
+        "leftImg8bit/train/bochum/bochum_000000_000313_leftImg8bit.png",
+        "truncate",
+    ),
+    "truncated_png_labels": (
+        "cityscapes",
+        "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png",
+        "truncate",
+    ),
+    "garbage_nifti_image": ("liver", "Task03_Liver/imagesTr/liver_2.nii.gz", "garbage"),
+    "truncated_nifti_labels": ("liver", "Task03_Liver/labelsTr/liver_0.nii.gz", "truncate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_CORRUPTIONS))
+def test_prepare_names_a_corrupt_raw_file_in_one_paragraph(tmp_path, case):
+    source, name, damage = RAW_CORRUPTIONS[case]
+    raw = _raw_tree(source, tmp_path)
+    path = raw / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 64)
+    out = tmp_path / "prepared"
+    proc = run_segmia(
+        "prepare",
+        "--source",
+        source,
+        "--raw",
+        str(raw),
+        "--params",
+        json.dumps({"height": 16, "width": 16} if source != "cityscapes" else {"height": 8}),
+        "--out",
+        str(out),
+        check=False,
+    )
+    assert proc.returncode == 1
+    line = _one_error_line(proc.stderr, "prepare")
+    assert Path(name).name in line, line
+    assert not out.exists() or list(out.iterdir()) == []  # nothing half-prepared

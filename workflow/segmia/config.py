@@ -146,6 +146,7 @@ def validate_schema(config: dict) -> dict:
             ds.setdefault("download", {})
             ds.setdefault("prepare", {})
     validator = _validator(schema())
+    _parse_strings(config, validator)
     errors = list(validator.iter_errors(config))
     if errors:
         error = best_match(errors, key=_error_rank)
@@ -159,6 +160,42 @@ def validate_schema(config: dict) -> dict:
             "documented in config/README.md) and rerun; no job was started."
         )
     return config
+
+
+def _parse_strings(config: dict, validator) -> None:
+    """Read strings as YAML where the schema wants a number, boolean or null and they are one.
+
+    Snakemake parses nested ``--config`` values with YAML's BaseLoader, so ``--config
+    seeds=[1]`` arrives as ``['1']`` (and ``training="{epochs: 3}"`` as ``{'epochs': '3'}``).
+    """
+    for _ in range(100):  # each pass fixes what the last one uncovered (defaults, subschemas)
+        changed = False
+        for error in validator.iter_errors(config):
+            path = list(error.absolute_path)
+            if (
+                error.validator != "type"
+                or not isinstance(error.instance, str)
+                or not path
+                or "propertyNames" in error.relative_schema_path
+            ):
+                continue
+            expected = error.validator_value
+            expected = expected if isinstance(expected, list) else [expected]
+            try:
+                value = yaml.safe_load(error.instance)
+                if isinstance(value, str) and "number" in expected:
+                    value = float(value)  # as Snakemake reads top-level values: 1e-3
+            except (yaml.YAMLError, ValueError):
+                continue
+            if isinstance(value, str) or not any(validator.is_type(value, t) for t in expected):
+                continue
+            node = config
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = value
+            changed = True
+        if not changed:
+            return
 
 
 def _error_rank(error):
