@@ -297,12 +297,10 @@ MUTATIONS = {
     "unknown_top_key": (lambda c: c.update(epochz=3), "'epochz'"),
     "datasets_as_list": (lambda c: c.update(datasets=["ct"]), "'datasets' must be of type object"),
     "integral_float": (lambda c: c["training"].update(epochs=2.0), "'training.epochs'"),
-    "nan": (lambda c: c["attack"].update(lr=math.nan), "'attack.lr'"),
     "missing_dataset": (
         lambda c: c["studies"]["grid"].update(dataset="kvasir"),
         "'studies.grid.dataset' is 'kvasir'",
     ),
-    "unknown_attack": (lambda c: c["studies"]["grid"].update(attacks=["typ2"]), "'typ2'"),
 }
 
 

@@ -1,7 +1,7 @@
-"""Failure injection through Snakemake on a reduced tiny config (one architecture, type2 and
-global-loss attacks): killed jobs resume to the same results, runs are reproducible, a second
+"""Failure injection through Snakemake on a reduced tiny config: killed jobs resume to the same results, runs are reproducible, a second
 Snakemake on the same working directory is locked out, corrupt prepared data stops the split rule,
-and download credentials never reach a file or the console.
+and download credentials never reach a file or the console. The reduced config: tiny.yaml with one
+architecture and the type2 attack (12 training epochs, 30 attack epochs).
 
 One uninterrupted reference run is shared by every test (and pytest-xdist worker) of the session.
 """
@@ -33,8 +33,8 @@ MODELS = "results/ct/models"
 ATTACK = "results/ct/attack_models/type2/none/tiny/none/n24_s0"
 
 
-def reduced_config(tmp: Path, attacks: tuple[str, ...] = ("type2", "global_loss")) -> dict:
-    """tiny.yaml with one architecture and two attacks; epochs long enough to be killed in."""
+def reduced_config(tmp: Path, attacks: tuple[str, ...] = ("type2",)) -> dict:
+    """tiny.yaml with one architecture and one attack; epochs long enough to be killed in."""
     config = load_yaml(CONFIGS / "tiny.yaml")
     config["results"] = str(tmp / "results")
     config["resources"] = str(tmp / "resources")
@@ -241,7 +241,7 @@ def test_same_seed_gives_identical_results_and_a_second_snakemake_is_locked_out(
 
 
 def test_another_seed_changes_the_split_and_the_summaries(reference_run, tmp_path):
-    write_config(tmp_path, reduced_config(tmp_path, attacks=("global_loss",)))  # one attack will do
+    write_config(tmp_path, reduced_config(tmp_path))
     run_snakemake(
         "--cores", "2", *targets(tmp_path), "--config", "seeds=[1]", workdir=tmp_path,
         configfile=tmp_path / "config.yaml",
@@ -259,8 +259,8 @@ def test_another_seed_changes_the_split_and_the_summaries(reference_run, tmp_pat
     assert not np.allclose(a.sort_values("role")["val_dice"], b.sort_values("role")["val_dice"])
     a = pd.read_csv(reference_run / "results" / "summary" / "attacks.csv").set_index("attack")
     b = pd.read_csv(tmp_path / "results" / "summary" / "attacks.csv").set_index("attack")
-    assert list(b.index) == ["global_loss"] and set(b["seed"]) == {1}
-    assert a.loc["global_loss", "auc"] != b.loc["global_loss", "auc"]
+    assert list(b.index) == ["type2"] and set(b["seed"]) == {1}
+    assert a.loc["type2", "auc"] != b.loc["type2", "auc"]
 
 
 # --- killed jobs -----------------------------------------------------------------------------------
@@ -286,14 +286,7 @@ def test_killed_training_and_attack_jobs_resume_to_the_same_results(reference_ru
     assert killed_epoch < 11, "training finished before it was killed"
     assert not (model_dir / "model.pt").exists() and not (model_dir / "metrics.json").exists()
 
-    # 2. the dead run's lock refuses the next one, saying how to remove it
-    proc = run_snakemake(*cores, *targets(tmp_path), workdir=tmp_path, check=False,
-                         configfile=tmp_path / "config.yaml")  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "Directory cannot be locked" in out and "--unlock" in out
-    run_snakemake("--unlock", *cores, workdir=tmp_path, configfile=tmp_path / "config.yaml")
-
-    # 3. had the job been killed after writing model.pt but before metrics.json, Snakemake would
+    # 2. had the job been killed after writing model.pt but before metrics.json, Snakemake would
     #    not take model.pt for finished: it is marked incomplete until the job ends
     (model_dir / "model.pt").write_bytes(b"written before the kill")
     proc = run_snakemake("-n", *cores, *targets(tmp_path), workdir=tmp_path, check=False,
@@ -301,6 +294,10 @@ def test_killed_training_and_attack_jobs_resume_to_the_same_results(reference_ru
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "IncompleteFilesException" in out, out
     assert str(model_dir / "model.pt") in out and "--rerun-incomplete" in out
+
+    # 3. the dead run's lock stays (a real run would be refused, as in the concurrency test)
+    assert list((tmp_path / ".snakemake" / "locks").iterdir())
+    run_snakemake("--unlock", *cores, workdir=tmp_path, configfile=tmp_path / "config.yaml")
 
     # 4. rerun: training resumes; then only the attack job is killed mid-epoch (OOM killer)
     run = start(tmp_path, *cores, "--rerun-incomplete", *targets(tmp_path))
@@ -327,7 +324,7 @@ def test_killed_training_and_attack_jobs_resume_to_the_same_results(reference_ru
     assert f"resuming after epoch {killed_epoch + 1} of 12" in train_log.read_text()
 
     # 5. rerun: the attack resumes too, and everything equals the uninterrupted run
-    run_snakemake(*cores, "--rerun-incomplete", *targets(tmp_path), workdir=tmp_path,
+    run_snakemake("--cores", "2", "--rerun-incomplete", *targets(tmp_path), workdir=tmp_path,
                   configfile=tmp_path / "config.yaml")  # fmt: skip
     attack_log = tmp_path / "results" / "logs" / "fit_attack" / f"{ATTACK[8:]}.log"
     assert re.search(r"resuming after epoch \d+ of 30", attack_log.read_text())
@@ -338,39 +335,40 @@ def test_killed_training_and_attack_jobs_resume_to_the_same_results(reference_ru
 # --- corrupt prepared data: the split rule stops, naming the file ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def synthesized(tmp_path_factory) -> Path:
-    """The reduced config's prepared dataset, made by Snakemake's synthesize rule."""
-    tmp = tmp_path_factory.mktemp("synthesized")
-    write_config(tmp, reduced_config(tmp))
-    run_snakemake(
-        "--cores", "1", str(tmp / "resources" / "prepared" / "ct" / "meta.json"),
-        workdir=tmp, configfile=tmp / "config.yaml",
-    )  # fmt: skip
-    return tmp / "resources"
+CORRUPTIONS = ("truncated_images", "labels_outside_the_class_set", "index_shorter_than_arrays")
 
 
-@pytest.mark.parametrize(
-    "how", ["truncated_images", "labels_outside_the_class_set", "index_shorter_than_arrays"]
-)
-def test_corrupt_prepared_data_stops_the_split_rule_naming_the_file(synthesized, tmp_path, how):
+def test_corrupt_prepared_data_stops_the_split_rule_naming_the_file(tmp_path):
+    """Three datasets, each damaged another way, split by one Snakemake run (--keep-going)."""
+    from segmia.data.prepared import write_prepared
+    from segmia.data.synthetic import generate
     from test_reliability import _corrupt
 
-    shutil.copytree(synthesized, tmp_path / "resources")
-    write_config(tmp_path, reduced_config(tmp_path))
-    data = tmp_path / "resources" / "prepared" / "ct"
-    name = _corrupt(data, how)
-    split = tmp_path / "results" / "ct" / "splits" / "s0.csv"
-    proc = run_snakemake("--cores", "1", str(split), workdir=tmp_path, check=False,
-                         configfile=tmp_path / "config.yaml")  # fmt: skip
+    config = reduced_config(tmp_path)
+    ct = config["datasets"].pop("ct")
+    expected = {}
+    for how in CORRUPTIONS:
+        name = f"ct_{how}"
+        config["datasets"][name] = ct
+        data = tmp_path / "resources" / "prepared" / name
+        images, masks, index, meta = generate("synthetic_ct", ct["synthetic"])
+        write_prepared(data, images, masks, index, {**meta, "name": name})  # as synthesize does
+        expected[name] = (data, _corrupt(data, how))
+    config["studies"]["grid"]["dataset"] = f"ct_{CORRUPTIONS[0]}"
+    write_config(tmp_path, config)
+    splits = [tmp_path / "results" / name / "splits" / "s0.csv" for name in expected]
+    proc = run_snakemake("--cores", "2", "--keep-going", *map(str, splits), workdir=tmp_path,
+                         check=False, configfile=tmp_path / "config.yaml")  # fmt: skip
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "Error in rule split" in out, out
+    assert proc.returncode == 1 and out.count("Error in rule split") == 3, out
     assert "rule synthesize" not in out  # the damaged files were read, not regenerated
-    log = (tmp_path / "results" / "logs" / "split" / "ct_s0.log").read_text()
-    assert "Traceback" not in log + out
-    (line,) = [line for line in log.splitlines() if "error:" in line]
-    assert line.startswith("segmia split: error: ") and name in line and str(data) in line, line
-    assert not split.exists()
+    assert "Traceback" not in out
+    for (name, (data, file)), split in zip(expected.items(), splits, strict=True):
+        log = (tmp_path / "results" / "logs" / "split" / f"{name}_s0.log").read_text()
+        assert "Traceback" not in log
+        (line,) = [line for line in log.splitlines() if "error:" in line]
+        assert line.startswith("segmia split: error: ") and str(data) in line and file in line
+        assert not split.exists()
 
 
 # --- credentials -----------------------------------------------------------------------------------
