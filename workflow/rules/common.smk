@@ -7,7 +7,7 @@ from pathlib import Path
 from segmia import plan
 from segmia.attacks import names
 from segmia.config import PUBLIC_SOURCES, load_config
-from segmia.runtime import gpu_visible
+from segmia.hardware import gpu_visible
 from segmia.errors import ConfigError
 
 try:

@@ -425,6 +425,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+OOM_HINT = "Run fewer GPU jobs at once (snakemake --resources gpu=1) or use a GPU with more memory;"
+#: the config key whose batch size a step's GPU memory grows with
+OOM_HINTS = {
+    "train": "Lower training.batch_size (or datasets.<name>.training.batch_size) in the config, "
+    "or run fewer GPU jobs at once (snakemake --resources gpu=1);",
+    "fit-attack": "Lower attack.batch_size in the config, or run fewer GPU jobs at once "
+    "(snakemake --resources gpu=1);",
+}
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or a RuntimeError that says so (cuDNN, cuBLAS, MPS)."""
+    return type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from .logs import configure_logging
 
@@ -436,22 +453,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segmia {args.command}: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        if err.errno == errno.ENOSPC:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
             print(
                 f"segmia {args.command}: error: no space left on the device while writing "
                 f"{err.filename or 'an output'}. Free disk space (or point 'results'/'resources' "
                 "in the config to a larger disk) and rerun; finished outputs are intact and "
-                "this step wrote nothing partial.",
+                "no file was left half-written.",
                 file=sys.stderr,
             )
             return 1
         raise
     except Exception as err:
-        if type(err).__name__ == "OutOfMemoryError":
+        if _out_of_memory(err):
+            first = (str(err).splitlines() or [""])[0][:160]
             print(
-                f"segmia {args.command}: error: the GPU ran out of memory ({str(err).splitlines()[0][:160]}). "
-                "Lower training.batch_size (or attack.batch_size) in the config, or run fewer GPU "
-                "jobs at once (snakemake --resources gpu=1); finished outputs are intact.",
+                f"segmia {args.command}: error: the GPU ran out of memory ({first}). "
+                f"{OOM_HINTS.get(args.command, OOM_HINT)} finished outputs are intact.",
                 file=sys.stderr,
             )
             return 1

@@ -8,6 +8,7 @@ path) and the allowed keys or values.
 from __future__ import annotations
 
 import copy
+import math
 from functools import cache
 from pathlib import Path
 
@@ -42,7 +43,17 @@ def _validator(schema_doc: dict):
                     instance.setdefault(key, copy.deepcopy(prop["default"]))
         yield from validate_properties(validator, properties, instance, subschema)
 
-    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
+    # YAML gives 3.0 for "3.0" and .nan/.inf for not-a-number and infinity: JSON Schema counts 3.0
+    # as an integer (it would crash range() in a job) and NaN passes every bound, so refuse both.
+    checker = base.TYPE_CHECKER.redefine_many(
+        {
+            "integer": lambda _, x: isinstance(x, int) and not isinstance(x, bool),
+            "number": lambda _, x: (
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            ),
+        }
+    )
+    filling = jsonschema.validators.extend(base, {"properties": set_defaults}, type_checker=checker)
     return filling(schema_doc)
 
 
@@ -71,13 +82,21 @@ def _describe(error) -> str:
     """One sentence for a jsonschema error, naming the key and what is allowed."""
     key = _dotted(error.absolute_path)
     kind = error.validator
+    if "propertyNames" in error.relative_schema_path:
+        return (
+            f"name {error.instance!r} under '{key}' is not allowed: names are strings that start "
+            "with a letter and use only letters, digits, '_' and '.'"
+            + (" ('none' is reserved: it means no defence)" if error.instance == "none" else "")
+        )
     if kind == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)
         allowed = ", ".join(_allowed_keys(error.schema)) or "(none)"
         where = f"under '{key}'" if error.absolute_path else "at the top level"
         return (
             f"unknown key(s) {', '.join(repr(x) for x in extra)} {where}; allowed keys: {allowed}"
         )
+    if kind == "required" and not error.absolute_path:
+        return f"the top level is missing the required key {error.message.split(' ')[0]}"
     if kind == "required":
         return f"'{key}' is missing the required key {error.message.split(' ')[0]}"
     if kind == "enum":
@@ -86,6 +105,10 @@ def _describe(error) -> str:
     if kind == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
+        if isinstance(error.instance, float) and not math.isfinite(error.instance):
+            return f"'{key}' must be a finite number, got {error.instance!r}"
+        if "integer" in expected and isinstance(error.instance, float):
+            return f"'{key}' must be of type integer (write it without a decimal point), got {error.instance!r}"
         return f"'{key}' must be of type {expected}, got {error.instance!r}"
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         bound = {
@@ -115,13 +138,15 @@ def validate_schema(config: dict) -> dict:
     from jsonschema.exceptions import best_match
 
     config = copy.deepcopy(config) if config else {}
-    for ds in (config.get("datasets") or {}).values():
+    datasets = config.get("datasets")
+    for ds in datasets.values() if isinstance(datasets, dict) else ():
         if isinstance(ds, dict) and ds.get("source") in SYNTHETIC_SOURCES:
             ds.setdefault("synthetic", {})
         elif isinstance(ds, dict) and ds.get("source") in PUBLIC_SOURCES:
             ds.setdefault("download", {})
             ds.setdefault("prepare", {})
     validator = _validator(schema())
+    _parse_strings(config, validator)
     errors = list(validator.iter_errors(config))
     if errors:
         error = best_match(errors, key=_error_rank)
@@ -135,6 +160,42 @@ def validate_schema(config: dict) -> dict:
             "documented in config/README.md) and rerun; no job was started."
         )
     return config
+
+
+def _parse_strings(config: dict, validator) -> None:
+    """Read strings as YAML where the schema wants a number, boolean or null and they are one.
+
+    Snakemake parses nested ``--config`` values with YAML's BaseLoader, so ``--config
+    seeds=[1]`` arrives as ``['1']`` (and ``training="{epochs: 3}"`` as ``{'epochs': '3'}``).
+    """
+    for _ in range(100):  # each pass fixes what the last one uncovered (defaults, subschemas)
+        changed = False
+        for error in validator.iter_errors(config):
+            path = list(error.absolute_path)
+            if (
+                error.validator != "type"
+                or not isinstance(error.instance, str)
+                or not path
+                or "propertyNames" in error.relative_schema_path
+            ):
+                continue
+            expected = error.validator_value
+            expected = expected if isinstance(expected, list) else [expected]
+            try:
+                value = yaml.safe_load(error.instance)
+                if isinstance(value, str) and "number" in expected:
+                    value = float(value)  # as Snakemake reads top-level values: 1e-3
+            except (yaml.YAMLError, ValueError):
+                continue
+            if isinstance(value, str) or not any(validator.is_type(value, t) for t in expected):
+                continue
+            node = config
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = value
+            changed = True
+        if not changed:
+            return
 
 
 def _error_rank(error):
@@ -357,7 +418,7 @@ def _check_source_keys(name: str, ds: dict, raw: dict) -> None:
         from .data.sources import get_source
 
         archives = [a.filename for a in get_source(ds["source"]).archives]
-        unknown = sorted(set(ds["download"]["checksums"]) - set(archives))
+        unknown = sorted(map(str, set(ds["download"]["checksums"]) - set(archives)))
         if unknown:
             raise ConfigError(
                 f"Invalid configuration: 'datasets.{name}.download.checksums' names "

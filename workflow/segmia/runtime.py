@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .hardware import gpu_visible  # noqa: F401  (moved: the Snakefile must not import torch)
 from .io import read_torch, write_torch
 
 log = logging.getLogger("segmia")
@@ -27,13 +28,6 @@ def stable_seed(*parts: Any) -> int:
 
 def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def gpu_visible() -> bool:
-    """Whether an NVIDIA GPU is visible, without importing torch (cheap, for the Snakefile)."""
-    return Path("/dev/nvidiactl").exists() or bool(
-        shutil.which("nvidia-smi") and Path("/proc/driver/nvidia").exists()
-    )
 
 
 def setup(device: str = "auto", threads: int = 1, deterministic: bool = True) -> torch.device:

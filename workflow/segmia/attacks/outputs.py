@@ -17,7 +17,7 @@ import torch
 
 from ..data.prepared import load_prepared
 from ..data.split import mia_indices, read_split, reference_universe
-from ..io import atomic_path, read_csv, read_npy, write_csv
+from ..io import atomic_path, open_memmap, read_csv, read_npy, write_csv
 from ..models.job import load_model
 from ..models.losses import cross_entropy_map, per_image_dice_loss, probabilities
 from ..runtime import autocast
@@ -75,7 +75,7 @@ def outputs_job(
     amp = spec["training"].get("amp", True)
     shape = (len(rows), data.out_channels, data.images.shape[2], data.images.shape[3])
     with atomic_path(out_dir / "logits.npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        out = open_memmap(tmp, np.float16, shape)
         predict_logits(model, data.images, rows, batch_size, device, out, amp=amp)
         out.flush()
         stats = per_image_stats(out, data.masks, rows, data.ignore_index)

@@ -19,7 +19,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io import read_csv, read_json, read_npy, write_csv, write_json, write_npy
+from ..io import (
+    open_memmap,
+    read_csv,
+    read_json,
+    read_npy,
+    temp_beside,
+    write_csv,
+    write_json,
+    write_npy,
+)
 
 FILES = ("images.npy", "masks.npy", "index.csv", "meta.json")
 
@@ -146,26 +155,21 @@ class PreparedWriter:
     """
 
     def __init__(self, directory: str | Path, count: int, channels: int, height: int, width: int):
-        import tempfile
-
         if count < 1:
             raise DataError(f"{directory}: no samples to write.")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._tmp: dict[str, Path] = {}
         for name in ("images.npy", "masks.npy"):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
-            os.close(fd)
-            self._tmp[name] = Path(tmp)
-        self.images = np.lib.format.open_memmap(
-            self._tmp["images.npy"],
-            mode="w+",
-            dtype=np.uint8,
-            shape=(count, channels, height, width),
-        )
-        self.masks = np.lib.format.open_memmap(
-            self._tmp["masks.npy"], mode="w+", dtype=np.uint8, shape=(count, height, width)
-        )
+            self._tmp[name] = temp_beside(self.directory / name)
+        try:  # disk space reserved up front: a full disk is an OSError here, not a SIGBUS later
+            self.images = open_memmap(
+                self._tmp["images.npy"], np.uint8, (count, channels, height, width)
+            )
+            self.masks = open_memmap(self._tmp["masks.npy"], np.uint8, (count, height, width))
+        except BaseException:
+            self.close()
+            raise
         self.rows: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
