@@ -287,13 +287,22 @@ def test_killed_training_and_attack_jobs_resume_to_the_same_results(reference_ru
     assert not (model_dir / "model.pt").exists() and not (model_dir / "metrics.json").exists()
 
     # 2. had the job been killed after writing model.pt but before metrics.json, Snakemake would
-    #    not take model.pt for finished: it is marked incomplete until the job ends
+    #    not take model.pt for finished: it is marked incomplete until the job ends. Without a
+    #    profile Snakemake refuses to go on; the default profile (rerun-incomplete) reruns it.
     (model_dir / "model.pt").write_bytes(b"written before the kill")
-    proc = run_snakemake("-n", *cores, *targets(tmp_path), workdir=tmp_path, check=False,
-                         configfile=tmp_path / "config.yaml")  # fmt: skip
+    proc = run_snakemake("-n", *cores, "--workflow-profile", "none", *targets(tmp_path),
+                         workdir=tmp_path, check=False, configfile=tmp_path / "config.yaml")  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "IncompleteFilesException" in out, out
     assert str(model_dir / "model.pt") in out and "--rerun-incomplete" in out
+    proc = run_snakemake("-n", *cores, *targets(tmp_path), workdir=tmp_path,
+                         configfile=tmp_path / "config.yaml")  # fmt: skip
+    (killed_job,) = [
+        block
+        for block in proc.stdout.split("rule train:")
+        if f"output: {model_dir}/model.pt" in block
+    ]
+    assert killed_job.split("reason:")[1].splitlines()[0].strip() == "Forced execution", killed_job
 
     # 3. the dead run's lock stays (a real run would be refused, as in the concurrency test)
     assert list((tmp_path / ".snakemake" / "locks").iterdir())
