@@ -27,19 +27,31 @@ shell.prefix(
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/datasets.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/attacks.smk"
 include: "workflow/rules/report.smk"
 
 
+# Cheap steps run on the submitting machine (a cluster's login node), not as cluster jobs.
 localrules:
     all,
+    table,
+    figure,
+    study_summary,
+    summary_attacks,
+    summary_models,
+    reproduction,
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+
+
+onstart:
+    warn_cluster_gpu_limit()
 
 
 onsuccess:

@@ -54,9 +54,11 @@ def run_snakemake(
     configfile: Path | None = None,
     check: bool = True,
     timeout: int = 900,
+    env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """Run this venv's Snakemake on the repository's Snakefile with its own working directory
-    (its own .snakemake/ metadata and lock), so tests can run in parallel."""
+    (its own .snakemake/ metadata and lock), so tests can run in parallel. ``env``: variables
+    to set (a value of None removes the variable)."""
     cmd = [
         str(BIN / "snakemake"),
         "--snakefile",
@@ -67,7 +69,13 @@ def run_snakemake(
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
     cmd += list(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env(), timeout=timeout)
+    full_env = snakemake_env()
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -86,3 +94,15 @@ def run_segmia(*args: str, check: bool = True, timeout: int = 600) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"segmia {args[0]} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
     return proc
+
+
+def planned_jobs(proc) -> dict[str, int]:
+    """Job counts per rule from a dry run's "Job stats" table."""
+    out = proc.stdout + proc.stderr
+    counts: dict[str, int] = {}
+    block = out.split("Job stats:")[1].split("\n\n")[0] if "Job stats:" in out else ""
+    for line in block.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts

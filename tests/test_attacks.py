@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from segmia.attacks.features import attack_features
-from segmia.attacks.job import eval_attack_job, fit_attack_job, global_loss_job
+from segmia.attacks.job import eval_attack_job, fit_attack_job, threshold_job
 from segmia.attacks.release import release
 from segmia.data.prepared import write_prepared
 from segmia.io import read_json, write_csv, write_json, write_npy
@@ -104,8 +104,8 @@ def test_global_loss_attack_on_a_planted_difference(tmp_path):
     victim_q = tmp_path / "victim" / "queries" / "victim"
     make_query(victim_q, tmp_path / "data", 4.0, 0.3, seed=3)
     shadow = tmp_path / "victim"  # metrics.json with train_loss written by make_query
-    metrics = global_loss_job(
-        shadow, victim_q, tmp_path / "data", _spec("global_loss"), tmp_path / "eval"
+    metrics = threshold_job(
+        "global_loss", shadow, victim_q, tmp_path / "data", _spec("global_loss"), tmp_path / "eval"
     )
     assert metrics["auc"] > 0.95
 

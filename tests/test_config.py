@@ -118,9 +118,12 @@ def _schema_keys(node, schema, seen=None):
         for key, value in node.get("properties", {}).items():
             yield key
             yield from _schema_keys(value, schema, seen)
-        for key in ("additionalProperties", "items"):
+        for key in ("additionalProperties", "items", "then", "else"):
             if isinstance(node.get(key), dict):
                 yield from _schema_keys(node[key], schema, seen)
+        for key in ("allOf", "anyOf", "oneOf"):
+            for sub in node.get(key, []):
+                yield from _schema_keys(sub, schema, seen)
 
 
 def test_every_config_key_is_documented():
@@ -129,3 +132,90 @@ def test_every_config_key_is_documented():
     doc = (REPO / "config" / "README.md").read_text()
     missing = sorted({k for k in _schema_keys(schema(), schema()) if f"`{k}`" not in doc})
     assert not missing, f"keys missing from config/README.md: {missing}"
+
+
+@pytest.fixture
+def paper():
+    return load_yaml(REPO / "config" / "config.yaml")
+
+
+def test_public_datasets_get_their_source_defaults(paper):
+    datasets = load_config(paper)["datasets"]
+    assert datasets["liver"]["prepare"]["hu_window"] == [-100, 400]
+    assert datasets["liver"]["prepare"]["max_slices"] == 5000
+    assert datasets["kvasir"]["prepare"] == {
+        "height": 256,
+        "width": 256,
+        "channel_order": "rgb",
+        "binarize": "half",
+    }
+    assert datasets["cityscapes"]["prepare"]["width"] == 512
+    assert datasets["cityscapes"]["prepare"]["void"] == "ignore"
+    assert datasets["kvasir"]["download"]["base_url"] is None
+    assert datasets["kvasir"]["download"]["retries"] == 5
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda c: c["datasets"]["kvasir"].update(prepare={"hu_window": [0, 1]}),
+            ["datasets.kvasir.prepare", "hu_window", "binarize", "channel_order"],
+        ),
+        (
+            lambda c: c["datasets"]["cityscapes"].update(prepare={"void": "zero"}),
+            ["datasets.cityscapes.prepare.void", "class6"],
+        ),
+        (
+            lambda c: c["datasets"]["kvasir"].update(
+                download={"base_url": "https://bob:pw@mirror.org/kvasir"}
+            ),
+            ["datasets.kvasir.download.base_url", "without user name or password"],
+        ),
+        (
+            lambda c: c["datasets"]["liver"].update(
+                download={"checksums": {"Task03_Liver.tar": "md5:xyz"}}
+            ),
+            ["Task03_Liver.tar", "md5:<32 hex digits>"],
+        ),
+        (
+            lambda c: c["datasets"]["liver"].update(
+                download={"checksums": {"liver.zip": "md5:" + "0" * 32}}
+            ),
+            ["download.checksums", "liver.zip", "Task03_Liver.tar"],
+        ),
+        (
+            lambda c: c["datasets"]["liver"].update(prepare={"hu_window": [400, -100]}),
+            ["datasets.liver.prepare.hu_window", "low < high"],
+        ),
+        (
+            lambda c: c["datasets"]["liver"].update(synthetic={"groups": 3}),
+            ["datasets.liver.synthetic", "only synthetic sources"],
+        ),
+        (
+            lambda c: (
+                c["datasets"]["liver"]["prepare"].update(max_slices=4000)
+                if "prepare" in c["datasets"]["liver"]
+                else c["datasets"]["liver"].update(prepare={"max_slices": 4000})
+            ),
+            ["max_slices", "5000", "4000"],
+        ),
+        (
+            lambda c: c["datasets"].update(
+                liver_small={**c["datasets"]["liver"], "download": {"retries": 1}}
+            ),
+            ["'liver'", "'liver_small'", "download"],
+        ),
+    ],
+)
+def test_invalid_public_dataset_config_names_the_key(paper, mutate, expected):
+    mutate(paper)
+    message = _error(paper)
+    for word in expected:
+        assert word in message, message
+    assert "\n" not in message
+
+
+def test_download_and_prepare_do_not_apply_to_synthetic_sources(tiny):
+    tiny["datasets"]["ct"]["prepare"] = {"height": 32}
+    assert "only public datasets" in _error(tiny)

@@ -114,3 +114,31 @@ def test_split_rejects_pools_larger_than_the_dataset():
     index = generate("synthetic_ct", CT)[2]
     with pytest.raises(DataError, match="victim_pool \\+ shadow_pool = 80"):
         make_split(index, {**SIZES, "victim_pool": 40, "shadow_pool": 40}, seed=0)
+
+
+def test_reference_universe_and_reference_training_sets():
+    from segmia.data.split import reference_training_rows, reference_universe
+
+    index = generate(
+        "synthetic_ct", dict(groups=60, group_size=2, height=16, width=16, noise=0.3, seed=0)
+    )[2]
+    sizes = dict(victim_pool=50, shadow_pool=60, train_size=20, val_size=10, mia_size=8)
+    split = make_split(index, sizes, seed=0)
+    universe = reference_universe(split, 20, sizes)
+    members, nonmembers = mia_indices(split, "victim", 20, sizes)
+    targets = universe[universe["part"] == "target"]
+    assert list(targets["row"]) == list(members) + list(nonmembers)
+    assert list(targets["member"]) == [1] * 8 + [0] * 8
+    filler = universe[universe["part"] == "filler"]
+    assert len(targets) + len(filler) == 2 * 20
+    assert set(split.loc[filler["row"], "pool"]) == {"shadow"}
+    population = set(universe.loc[universe["part"] == "population", "row"])
+    assert population and not population & set(
+        universe.loc[universe["part"] != "population", "row"]
+    )
+    halves = [reference_training_rows(split, 20, sizes, seed=0, index=k) for k in range(16)]
+    assert all(len(h) == 20 for h in halves)
+    assert all(not set(h) & population for h in halves)
+    assert list(halves[3]) == list(reference_training_rows(split, 20, sizes, seed=0, index=3))
+    counts = np.array([sum(r in set(h) for h in halves) for r in targets["row"]])
+    assert counts.min() >= 2 and counts.max() <= 14 and abs(counts.mean() - 8) < 2

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from conftest import planned_jobs as _planned
 from conftest import run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -72,3 +73,47 @@ def test_rerun_has_nothing_to_do_and_one_figure_needs_only_its_study(tiny_run):
     tmp, _, configfile, _ = tiny_run
     proc = run_snakemake("-n", "--cores", "1", workdir=tmp, configfile=configfile)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_a_plot_setting_reruns_only_the_plots(tiny_run):
+    tmp, config, _, _ = tiny_run
+    config = {**config, "plots": {**config.get("plots", {}), "dpi": 61}}
+    configfile = write_config(tmp, config, "dpi.yaml")
+    planned = _planned(run_snakemake("-n", "--cores", "1", workdir=tmp, configfile=configfile))
+    assert set(planned) - {"all"} == {"figure"}, planned
+
+
+def test_report_has_every_table_figure_and_caption(tiny_run):
+    import re
+
+    tmp, config, configfile, _ = tiny_run
+    report = tmp / "report.html"
+    run_snakemake("--report", str(report), workdir=tmp, configfile=configfile)
+    html = report.read_text()
+    root = tmp / "results"
+    expected = [root / "tables" / "grid" / f"{a}.csv" for a in ("type1", "type2", "global_loss")]
+    expected += [root / "figures" / "grid" / f"{f}.png" for f in ("heatmap", "roc")]
+    expected += [
+        root / "summary" / "models.csv",
+        root / "summary" / "attacks.csv",
+        root / "REPRODUCTION.md",
+    ]
+    for path in expected:
+        entry = re.search(
+            rf'"{re.escape(str(path))}": {{"name": "{path.name}".*?"caption": "(.*?)", "mime_type"',
+            html,
+        )
+        assert entry, f"{path} missing from the report"
+        caption = " ".join(entry.group(1).split())
+        assert len(caption) > 80 and "System Message" not in caption, (path, caption)
+        if "grid" in path.parts:
+            assert "Study <strong>grid</strong>" in caption, caption
+    text = " ".join(html.split())
+    assert "Victim architecture (rows) against shadow architecture (columns)" in text
+    assert "Membership Inference Attacks Against Semantic Segmentation Models" in text
+    reproduction = (root / "REPRODUCTION.md").read_text()
+    assert (
+        "## grid" in reproduction
+        and "ROC-AUC" in reproduction
+        and "figures/grid/roc.png" in reproduction
+    )

@@ -14,7 +14,7 @@ rule fit_attack:
     benchmark:
         f"{ROOT}/benchmarks/fit_attack/{plan.ATTACK_MODEL}.tsv"
     wildcard_constraints:
-        attack="|".join(plan.LEARNED_ATTACKS),
+        attack="|".join(names.LEARNED),
     conda:
         ENV
     threads: CFG["threads"]
@@ -53,7 +53,7 @@ rule eval_attack:
     benchmark:
         f"{ROOT}/benchmarks/eval_attack/{plan.EVALUATION}.tsv"
     wildcard_constraints:
-        attack="|".join(plan.LEARNED_ATTACKS),
+        attack="|".join(names.LEARNED),
     conda:
         ENV
     threads: CFG["threads"]
@@ -71,21 +71,22 @@ rule eval_attack:
         " --data {params.data} --spec {params.spec:q} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
-rule global_loss:
+rule threshold_attack:
     input:
         unpack(lambda w: prepared(w.dataset)),
         shadow=lambda w: f"{ROOT}/{shadow_of(w).path()}/metrics.json",
+        shadow_query=lambda w: f"{ROOT}/{shadow_of(w).query()}/logits.npy",
         logits=lambda w: f"{ROOT}/{victim_of(w).query()}/logits.npy",
         samples=lambda w: f"{ROOT}/{victim_of(w).query()}/samples.csv",
     output:
         scores=f"{ROOT}/{plan.EVALUATION}/scores.csv",
         metrics=f"{ROOT}/{plan.EVALUATION}/metrics.json",
     log:
-        f"{ROOT}/logs/global_loss/{plan.EVALUATION}.log",
+        f"{ROOT}/logs/threshold_attack/{plan.EVALUATION}.log",
     benchmark:
-        f"{ROOT}/benchmarks/global_loss/{plan.EVALUATION}.tsv"
+        f"{ROOT}/benchmarks/threshold_attack/{plan.EVALUATION}.tsv"
     wildcard_constraints:
-        attack="global_loss",
+        attack="|".join(names.THRESHOLD),
     conda:
         ENV
     params:
@@ -95,5 +96,37 @@ rule global_loss:
         query=lambda w, input: str(Path(input.logits).parent),
         out=lambda w, output: str(Path(output.metrics).parent),
     shell:
-        "python -m segmia global-loss --shadow-model {params.shadow} --victim-query {params.query}"
+        "python -m segmia threshold-attack --shadow-model {params.shadow} --victim-query {params.query}"
         " --data {params.data} --spec {params.spec:q} --out {params.out} 2> {log}"
+
+
+rule reference_attacks:
+    input:
+        unpack(lambda w: prepared(w.dataset)),
+        unpack(reference_inputs),
+    output:
+        **{
+            attack: f"{ROOT}/{reference_evaluation(attack)}/metrics.json"
+            for attack in names.REFERENCE
+        },
+        **{
+            f"{attack}_scores": f"{ROOT}/{reference_evaluation(attack)}/scores.csv"
+            for attack in names.REFERENCE
+        },
+    log:
+        f"{ROOT}/logs/reference_attacks/{reference_evaluation('all')}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/reference_attacks/{reference_evaluation('all')}.tsv"
+    conda:
+        ENV
+    params:
+        spec=lambda w: reference_spec(w),
+        data=prepared_dir,
+        victim=lambda w: f"{ROOT}/{victim_of(w).path()}",
+        refs=lambda w: [f"{ROOT}/{m.path()}" for m in reference_models(w)],
+        outs=lambda w, output: " ".join(
+            f"{a}={Path(output[a]).parent}" for a in names.REFERENCE
+        ),
+    shell:
+        "python -m segmia reference-attacks --victim-model {params.victim} --references {params.refs}"
+        " --data {params.data} --spec {params.spec:q} --out {params.outs} 2> {log}"

@@ -1,11 +1,13 @@
 # Config -> targets. All logic lives in the segmia package (segmia.config, segmia.plan).
 import json
+import re
 import sys
 from pathlib import Path
 
 from segmia import plan
-from segmia.config import load_config
-from segmia.runtime import gpu_visible
+from segmia.attacks import names
+from segmia.config import PUBLIC_SOURCES, load_config
+from segmia.hardware import gpu_visible
 from segmia.errors import ConfigError
 
 try:
@@ -37,8 +39,8 @@ wildcard_constraints:
     svariant=r"[A-Za-z][A-Za-z0-9_.]*",
     release=r"[A-Za-z][A-Za-z0-9_.]*",
     study=r"[A-Za-z][A-Za-z0-9_.]*",
-    role="victim|shadow",
-    pool="victim|shadow",
+    role=r"victim|shadow|ref\d+",
+    pool="victim|shadow|reference",
     attack=r"[a-z0-9_]+",
     size=r"\d+",
     seed=r"\d+",
@@ -58,6 +60,28 @@ def prepared_dir(wildcards):
     return f"{RES}/{plan.PREPARED.format(dataset=wildcards.dataset)}"
 
 
+# Public datasets (liver, kvasir, cityscapes): downloaded per source into {resources}/raw/<source>/
+PUBLIC = {d: ds for d, ds in CFG["datasets"].items() if ds["source"] in PUBLIC_SOURCES}
+PUBLIC_USED = sorted({ds["source"] for ds in PUBLIC.values()})
+
+
+def raw_dir(source):
+    return f"{RES}/raw/{source}"
+
+
+def extracted(source):
+    return f"{raw_dir(source)}/extracted"
+
+
+def download_params(source):
+    return next(ds["download"] for ds in PUBLIC.values() if ds["source"] == source)
+
+
+def alternatives(names):
+    """A wildcard constraint matching exactly these names (or nothing)."""
+    return "|".join(re.escape(n) for n in names) or "^$"
+
+
 def split_file(wildcards):
     return f"{ROOT}/{plan.SPLIT.format(dataset=wildcards.dataset, seed=wildcards.seed)}"
 
@@ -75,6 +99,15 @@ def model_from(wildcards, role=None, arch=None, variant=None):
         int(wildcards.size),
         int(wildcards.seed),
     )
+
+
+def study_json(name):
+    """A study's config plus the type of each defence it names (for the author's logs)."""
+    study = CFG["studies"][name]
+    types = {
+        d: CFG["defences"][d]["type"] for d in study.get("defences", []) if d != "none"
+    }
+    return {**study, "defence_types": types}
 
 
 def teacher_input(wildcards):
@@ -124,7 +157,11 @@ def study_evaluation_files(wildcards, attack=None, name="metrics.json"):
 
 
 def all_targets():
-    targets = [f"{ROOT}/summary/models.csv", f"{ROOT}/summary/attacks.csv"]
+    targets = [
+        f"{ROOT}/summary/models.csv",
+        f"{ROOT}/summary/attacks.csv",
+        f"{ROOT}/REPRODUCTION.md",
+    ]
     for name in CFG["studies"]:
         targets += [
             f"{ROOT}/{stem}.{ext}"
@@ -138,6 +175,7 @@ def all_targets():
 def print_outputs():
     print(f"\nsegmia: all outputs are under {ROOT}/")
     print(f"  summaries: {ROOT}/summary/models.csv, {ROOT}/summary/attacks.csv")
+    print(f"  all tables with figure links: {ROOT}/REPRODUCTION.md")
     for name in CFG["studies"]:
         print(f"  study {name}:")
         for stem in plan.study_tables(CFG, name):
@@ -158,6 +196,52 @@ def victim_of(w):
     )
 
 
+def reference_evaluation(attack):
+    """Evaluation path pattern of a reference attack: the "shadow" is K reference models."""
+    return plan.EVALUATION.replace("{attack}", attack).replace("{svariant}", "refs{k}")
+
+
+def reference_models(w):
+    victim = victim_of(w)
+    return plan.references(
+        plan.Model(w.dataset, "reference", w.sarch, "none", int(w.size), int(w.seed)),
+        int(w.k),
+    )
+
+
+def reference_inputs(w):
+    models = [victim_of(w), *reference_models(w)]
+    files = {}
+    for i, m in enumerate(models):
+        files[f"logits{i}"] = f"{ROOT}/{m.path()}/queries/reference/logits.npy"
+        files[f"samples{i}"] = f"{ROOT}/{m.path()}/queries/reference/samples.csv"
+        files[f"members{i}"] = f"{ROOT}/{m.path()}/members.csv"
+    return files
+
+
+def reference_spec(w):
+    study = next(
+        s
+        for s in CFG["studies"].values()
+        if s["type"] == "attack_comparison" and s["dataset"] == w.dataset
+    )
+    return as_json(
+        {
+            "dataset": w.dataset,
+            "attack": "reference",
+            "release_name": w.release,
+            "release": plan.release_spec(CFG, w.release),
+            "seed": int(w.seed),
+            "train_size": int(w.size),
+            "victim": {"arch": w.varch, "variant": w.vvariant},
+            "shadow": {"arch": w.sarch, "variant": f"refs{w.k}"},
+            "statistic": study["statistic"],
+            "rmia_a": study["rmia_a"],
+            "rmia_gamma": study["rmia_gamma"],
+        }
+    )
+
+
 def evaluation_spec(w):
     return as_json(
         {
@@ -171,3 +255,17 @@ def evaluation_spec(w):
             "shadow": {"arch": w.sarch, "variant": w.svariant},
         }
     )
+
+
+def warn_cluster_gpu_limit():
+    """`--profile profiles/slurm` also loads the workflow profile profiles/default, whose gpu=1
+    would run one GPU job at a time on the whole cluster (profiles/slurm is for --workflow-profile).
+    """
+    limit = workflow.global_resources.get("gpu")
+    if workflow.non_local_exec and getattr(limit, "value", limit) == 1:
+        print(
+            "segmia: warning: a cluster run limited to one GPU job at a time (resources gpu=1, "
+            "probably from profiles/default). Use --workflow-profile profiles/slurm instead of "
+            "--profile profiles/slurm, or raise the limit with --resources gpu=<N>.",
+            file=sys.stderr,
+        )

@@ -8,6 +8,7 @@ rule train:
         spec=f"{ROOT}/{plan.MODEL}/spec.json",
         log=f"{ROOT}/{plan.MODEL}/log.csv",
         metrics=f"{ROOT}/{plan.MODEL}/metrics.json",
+        members=f"{ROOT}/{plan.MODEL}/members.csv",
     log:
         f"{ROOT}/logs/train/{plan.MODEL}.log",
     benchmark:

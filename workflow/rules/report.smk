@@ -18,7 +18,7 @@ rule table:
         ENV
     params:
         stem=lambda w, output: output.csv[: -len(".csv")],
-        study=lambda w: as_json(CFG["studies"][w.study]),
+        study=lambda w: as_json(study_json(w.study)),
         files=study_file_args,
     shell:
         "python -m segmia table --study {wildcards.study} --table {wildcards.table}"
@@ -44,7 +44,7 @@ rule figure:
     conda:
         ENV
     params:
-        study=lambda w: as_json(CFG["studies"][w.study]),
+        study=lambda w: as_json(study_json(w.study)),
         files=study_file_args,
         dpi=CFG["plots"]["dpi"],
         min_fpr=CFG["plots"]["roc_min_fpr"],
@@ -105,3 +105,43 @@ rule summary_models:
         ENV
     shell:
         "python -m segmia collect-models --out {output} {input} 2> {log}"
+
+
+rule reproduction:
+    input:
+        tables=[
+            f"{ROOT}/{t}.md" for n in CFG["studies"] for t in plan.study_tables(CFG, n)
+        ],
+        # linked, not read: a redrawn figure does not rewrite the page
+        figures=ancient(
+            [f"{ROOT}/{f}" for n in CFG["studies"] for f in plan.study_figures(CFG, n)]
+        ),
+    output:
+        report(
+            f"{ROOT}/REPRODUCTION.md",
+            caption="../report/reproduction.rst",
+            category="Summary",
+        ),
+    log:
+        f"{ROOT}/logs/reproduction.log",
+    benchmark:
+        f"{ROOT}/benchmarks/reproduction.tsv"
+    conda:
+        ENV
+    params:
+        studies=as_json(CFG["studies"]),
+        tables=as_json(
+            {
+                n: [f"{ROOT}/{t}.md" for t in plan.study_tables(CFG, n)]
+                for n in CFG["studies"]
+            }
+        ),
+        figures=as_json(
+            {
+                n: [f"{ROOT}/{f}" for f in plan.study_figures(CFG, n)]
+                for n in CFG["studies"]
+            }
+        ),
+    shell:
+        "python -m segmia reproduction --out {output} --studies {params.studies:q}"
+        " --tables {params.tables:q} --figures {params.figures:q} 2> {log}"

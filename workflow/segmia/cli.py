@@ -67,6 +67,23 @@ def cmd_synthesize(args) -> None:
     )
 
 
+def cmd_download(args) -> None:
+    from .data.download import download_source
+    from .data.sources import get_source
+
+    target = download_source(get_source(args.source), args.raw, args.params, args.lock)
+    log.info("%s: unpacked into %s", args.source, target)
+
+
+def cmd_prepare(args) -> None:
+    from .data.sources import get_source
+
+    count = get_source(args.source).prepare(
+        args.raw, args.params, args.out, args.name or args.source
+    )
+    log.info("wrote %d %s samples to %s", count, args.source, args.out)
+
+
 def cmd_split(args) -> None:
     from .data.prepared import load_prepared
     from .data.split import make_split
@@ -133,10 +150,19 @@ def cmd_eval_attack(args) -> None:
     )
 
 
-def cmd_global_loss(args) -> None:
-    from .attacks.job import global_loss_job
+def cmd_threshold_attack(args) -> None:
+    from .attacks.job import threshold_job
 
-    global_loss_job(args.shadow_model, args.victim_query, args.data, args.spec, args.out)
+    threshold_job(
+        args.spec["attack"], args.shadow_model, args.victim_query, args.data, args.spec, args.out
+    )
+
+
+def cmd_reference_attacks(args) -> None:
+    from .attacks.job import reference_attacks_job
+
+    outs = dict(item.split("=", 1) for item in args.out)
+    reference_attacks_job(args.victim_model, args.references, args.data, args.spec, outs)
 
 
 def cmd_collect_models(args) -> None:
@@ -188,6 +214,12 @@ def cmd_figure(args) -> None:
         args.dpi,
         args.min_fpr,
     )
+
+
+def cmd_reproduction(args) -> None:
+    from .report.reproduction import write_reproduction
+
+    write_reproduction(args.out, args.studies, args.tables, args.figures)
 
 
 def cmd_check_config(args) -> None:
@@ -243,6 +275,37 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=cmd_synthesize)
 
+    public = ["liver", "kvasir", "cityscapes"]
+    s = sub.add_parser(
+        "download",
+        help="download (or take the hand-placed archives), verify and unpack a public dataset",
+        description="Archives go to RAW/, the unpacked tree to RAW/extracted/. Cityscapes "
+        "reads its account from CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD.",
+    )
+    s.add_argument("--source", required=True, choices=public)
+    s.add_argument("--raw", required=True, type=Path, help="e.g. resources/raw/liver")
+    s.add_argument(
+        "--params",
+        type=_json,
+        default={},
+        help="the config's download section (JSON): base_url, checksums, retries, ...",
+    )
+    s.add_argument(
+        "--lock",
+        required=True,
+        type=Path,
+        help="checksum lock file (digests of first downloads), e.g. resources/checksums.lock.json",
+    )
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("prepare", help="convert an unpacked public dataset to the prepared format")
+    s.add_argument("--source", required=True, choices=public)
+    s.add_argument("--raw", required=True, type=Path, help="e.g. resources/raw/liver/extracted")
+    s.add_argument("--params", type=_json, default={}, help="the config's prepare section (JSON)")
+    s.add_argument("--name", help="dataset name recorded in meta.json")
+    s.add_argument("--out", required=True, type=Path)
+    s.set_defaults(func=cmd_prepare)
+
     s = sub.add_parser("split", help="seeded group-aware pools and roles")
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--params", type=_json, required=True, help="the dataset's split sizes (JSON)")
@@ -265,7 +328,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
-    s.add_argument("--pool", required=True, choices=["victim", "shadow"])
+    s.add_argument(
+        "--pool",
+        required=True,
+        choices=["victim", "shadow", "reference"],
+        help="query set: a pool's MIA set, or the reference universe",
+    )
     s.add_argument("--train-size", type=int, required=True)
     s.add_argument("--sizes", type=_json, required=True, help="the dataset's split sizes (JSON)")
     s.add_argument("--batch-size", type=int, default=64)
@@ -304,13 +372,27 @@ def parser() -> argparse.ArgumentParser:
     _runtime(s)
     s.set_defaults(func=cmd_eval_attack)
 
-    s = sub.add_parser("global-loss", help="global-loss threshold attack on a victim")
+    s = sub.add_parser(
+        "threshold-attack", help="global-loss or loss-map aggregate attack on a victim"
+    )
     s.add_argument("--shadow-model", required=True, type=Path)
     s.add_argument("--victim-query", required=True, type=Path)
     s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument(
+        "--spec", type=_json, required=True, help="evaluation spec; its 'attack' names the attack"
+    )
     s.add_argument("--out", required=True, type=Path)
-    s.set_defaults(func=cmd_global_loss)
+    s.set_defaults(func=cmd_threshold_attack)
+
+    s = sub.add_parser("reference-attacks", help="LiRA and RMIA on K reference models")
+    s.add_argument("--victim-model", required=True, type=Path)
+    s.add_argument(
+        "--references", required=True, nargs="+", type=Path, help="reference model directories"
+    )
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--out", required=True, nargs="+", help="ATTACK=DIR for every attack to write")
+    s.set_defaults(func=cmd_reference_attacks)
 
     s = sub.add_parser("collect-models", help="models' metrics.json files -> summary/models.csv")
     s.add_argument("--out", required=True, type=Path)
@@ -345,6 +427,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--min-fpr", type=float, default=1e-5)
     _study_inputs(s)
     s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("reproduction", help="REPRODUCTION.md: all study tables with figure links")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--studies", type=_json, required=True, help="the studies of the config (JSON)")
+    s.add_argument("--tables", type=_json, required=True, help="study -> table .md files (JSON)")
+    s.add_argument("--figures", type=_json, required=True, help="study -> figure files (JSON)")
+    s.set_defaults(func=cmd_reproduction)
 
     s = sub.add_parser("check-config", help="validate a config file and list each study's outputs")
     s.add_argument("configfile", type=Path)
@@ -383,8 +472,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+OOM_HINT = "Run fewer GPU jobs at once (snakemake --resources gpu=1) or use a GPU with more memory;"
+#: the config key whose batch size a step's GPU memory grows with
+OOM_HINTS = {
+    "train": "Lower training.batch_size (or datasets.<name>.training.batch_size) in the config, "
+    "or run fewer GPU jobs at once (snakemake --resources gpu=1);",
+    "fit-attack": "Lower attack.batch_size in the config, or run fewer GPU jobs at once "
+    "(snakemake --resources gpu=1);",
+}
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or a RuntimeError that says so (cuDNN, cuBLAS, MPS)."""
+    return type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import configure_logging
+    from .logs import configure_logging
 
     args = parser().parse_args(argv)
     configure_logging(logging.WARNING if args.quiet else logging.INFO)
@@ -394,22 +500,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segmia {args.command}: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        if err.errno == errno.ENOSPC:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
             print(
                 f"segmia {args.command}: error: no space left on the device while writing "
                 f"{err.filename or 'an output'}. Free disk space (or point 'results'/'resources' "
                 "in the config to a larger disk) and rerun; finished outputs are intact and "
-                "this step wrote nothing partial.",
+                "no file was left half-written.",
                 file=sys.stderr,
             )
             return 1
         raise
     except Exception as err:
-        if type(err).__name__ == "OutOfMemoryError":
+        if _out_of_memory(err):
+            first = (str(err).splitlines() or [""])[0][:160]
             print(
-                f"segmia {args.command}: error: the GPU ran out of memory ({str(err).splitlines()[0][:160]}). "
-                "Lower training.batch_size (or attack.batch_size) in the config, or run fewer GPU "
-                "jobs at once (snakemake --resources gpu=1); finished outputs are intact.",
+                f"segmia {args.command}: error: the GPU ran out of memory ({first}). "
+                f"{OOM_HINTS.get(args.command, OOM_HINT)} finished outputs are intact.",
                 file=sys.stderr,
             )
             return 1

@@ -7,6 +7,8 @@ job killed mid-write never leaves a file that a later run could mistake for comp
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import tempfile
@@ -24,15 +26,83 @@ from .errors import DataError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = temp_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if _disk_full(err, tmp):
+            raise OSError(errno.ENOSPC, f"No space left on device ({err})", str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temp_beside(path: str | os.PathLike) -> Path:
+    """A new empty hidden file ``.<name>.<random>.tmp`` in ``path``'s directory (created).
+
+    Its mode is what ``open()`` would give ``path`` (0666 less the umask), not mkstemp's 0600:
+    renamed into place, it must be as readable as any other output (shared results directories).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _file_mode())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+@functools.cache
+def _file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+#: below this many free bytes a failed write counts as "disk full"
+FULL_BELOW = 1 << 20
+
+
+def _disk_full(err: BaseException, path: Path) -> bool:
+    """Whether a failed write to ``path`` ran out of disk space or quota.
+
+    Writers report it differently: ``OSError(ENOSPC)`` from Python's files and pandas, an
+    ``OSError`` without errno ("N requested and M written") from numpy, a ``RuntimeError`` from
+    torch's zip writer. The file system's free space, read while the temporary file still holds
+    what was written, tells the last two apart from other errors.
+    """
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, OSError) and err.errno is not None:
+        return False
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < FULL_BELOW
+
+
+def open_memmap(path: str | os.PathLike, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A new ``.npy`` file memory-mapped for writing, its disk space reserved up front.
+
+    Pages of a sparse memory map are allocated when first written: on a full disk that kills the
+    process with SIGBUS (no message, no clean-up). Reserving the blocks first turns it into an
+    ``OSError(ENOSPC)`` here, before any work is done.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate: stay sparse
+                del array
+                raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
+        finally:
+            os.close(fd)
+    return array
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

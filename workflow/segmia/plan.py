@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .attacks import names
 from .config import RELEASE_DEFENCES, study_seeds
 
 SPLIT = "{dataset}/splits/s{seed}.csv"
@@ -24,17 +25,25 @@ FIGURE = "figures/{study}/{figure}"
 PREPARED = "prepared/{dataset}"
 BACKDOOR = MODEL + "/backdoor/{trigger}_k{tsize}_v{tvalue}_{target}.json"
 
-LEARNED_ATTACKS = ("type1", "type2")
-ATTACK_LABELS = {"type1": "Type-I", "type2": "Type-II", "global_loss": "Global loss"}
+LEARNED_ATTACKS = names.LEARNED
+REFERENCE_ATTACKS = names.REFERENCE
 #: the figures every study of a type renders
 STUDY_FIGURES = {
     "architectures": ("heatmap", "roc"),
     "defences": ("privacy_utility", "roc"),
     "dp_sweep": ("epsilon", "roc"),
     "poisoning": ("poisoning", "roc"),
+    "attack_comparison": ("roc",),
+    "training_sizes": ("training_size", "roc"),
 }
 #: the single table of the study types that have one (architectures: one per attack)
-STUDY_TABLES = {"defences": "defences", "dp_sweep": "epsilon", "poisoning": "poisoning"}
+STUDY_TABLES = {
+    "defences": "defences",
+    "dp_sweep": "epsilon",
+    "poisoning": "poisoning",
+    "attack_comparison": "attacks",
+    "training_sizes": "training_size",
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,10 @@ class Model:
 
     @property
     def pool(self) -> str:
-        """The split pool the model trains on (the victim's pool or the attacker's)."""
+        """The split pool the model trains on: the victim's, the attacker's (shadow), or for a
+        reference model (role ``ref<k>``) the reference universe (see ``split.reference_universe``)."""
+        if self.role.startswith("ref"):
+            return "reference"
         return "victim" if self.role == "victim" else "shadow"
 
     def path(self) -> str:
@@ -175,22 +187,44 @@ def poison_variant(study: dict, trigger: str, rate: float) -> str:
     return f"poison.{trigger}.k{study['trigger_size']}.v{study['trigger_value']}.{study['target']}.p{rate:g}"
 
 
+def _defence_pair(config: dict, arch: str, defence: str) -> tuple[str, str, str, str]:
+    """(victim arch, victim variant, shadow arch, release) of a defence."""
+    if defence != "none" and config["defences"][defence]["type"] in RELEASE_DEFENCES:
+        return arch, "none", arch, defence
+    return arch, defence, arch, "none"
+
+
+def references(model: Model, k: int) -> list[Model]:
+    """The K reference models of an attack on ``model``'s dataset (undefended, like a shadow)."""
+    return [
+        Model(model.dataset, f"ref{i}", model.arch, "none", model.size, model.seed)
+        for i in range(k)
+    ]
+
+
 def study_evaluations(config: dict, name: str) -> list[Evaluation]:
     study = config["studies"][name]
     dataset, size = study["dataset"], train_size(config, study)
-    attacks = study["attacks"]
-    pairs: list[
-        tuple[str, str, str, str]
-    ] = []  # (victim arch, victim variant, shadow arch, release)
-    if study["type"] == "architectures":
-        pairs = [
-            (v, "none", s, "none") for v in study["architectures"] for s in study["architectures"]
-        ]
-    elif study["type"] == "defences":
+    kind = study["type"]
+    if kind == "architectures":
+        archs = study["architectures"]
+        pairs = [(v, "none", s, "none") for v in archs for s in archs]
+    elif kind in ("defences", "attack_comparison"):
+        pairs = [_defence_pair(config, study["architecture"], d) for d in study["defences"]]
+    elif kind == "training_sizes":
         arch = study["architecture"]
-        for d in study["defences"]:
-            is_release = d != "none" and config["defences"][d]["type"] in RELEASE_DEFENCES
-            pairs.append((arch, "none", arch, d) if is_release else (arch, d, arch, "none"))
+        return [
+            Evaluation(
+                dataset,
+                attack,
+                "none",
+                Model(dataset, "victim", arch, "none", n, seed),
+                Model(dataset, "shadow", arch, "none", n, seed),
+            )
+            for seed in study_seeds(config, study)
+            for n in study["sizes"]
+            for attack in study["attacks"]
+        ]
     else:  # dp_sweep, poisoning: one victim per training variant, undefended shadow
         arch = study["architecture"]
         pairs = [(arch, v, arch, "none") for v in _study_variants(config, study)]
@@ -199,10 +233,20 @@ def study_evaluations(config: dict, name: str) -> list[Evaluation]:
         for varch, vvariant, sarch, release in pairs:
             victim = Model(dataset, "victim", varch, vvariant, size, seed)
             shadow = Model(dataset, "shadow", sarch, "none", size, seed)
-            evaluations += [
-                Evaluation(dataset, attack, release, victim, shadow) for attack in attacks
-            ]
+            for attack in study["attacks"]:
+                if attack in REFERENCE_ATTACKS:  # "shadow" = the set of K reference models
+                    refs = Model(
+                        dataset, "reference", sarch, f"refs{study['reference_models']}", size, seed
+                    )
+                    evaluations.append(Evaluation(dataset, attack, release, victim, refs))
+                else:
+                    evaluations.append(Evaluation(dataset, attack, release, victim, shadow))
     return list(dict.fromkeys(evaluations))
+
+
+def reference_count(model: Model) -> int:
+    """K of a reference-set identity ``Model(..., role='reference', variant='refs<K>')``."""
+    return int(model.variant.removeprefix("refs"))
 
 
 def all_evaluations(config: dict) -> dict[str, list[Evaluation]]:
@@ -210,11 +254,16 @@ def all_evaluations(config: dict) -> dict[str, list[Evaluation]]:
 
 
 def all_models(config: dict) -> list[Model]:
+    """Every segmentation model the config needs, each once."""
     models = {}
     for evaluations in all_evaluations(config).values():
         for ev in evaluations:
             models[ev.victim] = None
-            models[ev.shadow] = None
+            if ev.shadow.role == "reference":
+                for ref in references(ev.shadow, reference_count(ev.shadow)):
+                    models[ref] = None
+            else:
+                models[ev.shadow] = None
     return list(models)
 
 
@@ -223,13 +272,16 @@ def study_victims(config: dict, name: str) -> list[Model]:
 
 
 def study_backdoors(config: dict, name: str) -> list[str]:
-    """Backdoor evaluations of a poisoning study: every victim x trigger (clean ones included)."""
+    """Backdoor evaluations of a poisoning study: each poisoned victim with its own trigger, the
+    clean victim (rate 0) with every trigger, as the baseline."""
     study = config["studies"][name]
     if study["type"] != "poisoning":
         return []
+    specs = variants(config)
     out = []
     for model in study_victims(config, name):
-        for trigger in study["triggers"]:
+        own = specs[model.variant].get("trigger")
+        for trigger in [own] if own else study["triggers"]:
             out.append(
                 BACKDOOR.format(
                     **model.__dict__,
@@ -270,6 +322,7 @@ def model_spec(config: dict, model: Model) -> dict:
         "train_size": model.size,
         "seed": model.seed,
         "training": ds["training"],
+        **({"split": ds["split"]} if model.pool == "reference" else {}),
     }
 
 

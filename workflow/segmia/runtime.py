@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .hardware import gpu_visible  # noqa: F401  (moved: the Snakefile must not import torch)
 from .io import read_torch, write_torch
 
 log = logging.getLogger("segmia")
@@ -29,16 +30,18 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def gpu_visible() -> bool:
-    """Whether an NVIDIA GPU is visible, without importing torch (cheap, for the Snakefile)."""
-    return Path("/dev/nvidiactl").exists() or bool(
-        shutil.which("nvidia-smi") and Path("/proc/driver/nvidia").exists()
-    )
-
-
 def setup(device: str = "auto", threads: int = 1, deterministic: bool = True) -> torch.device:
-    """Pick the device (CUDA when present for ``auto``), set threads and determinism."""
+    """Pick the device (CUDA when present for ``auto``), set threads and determinism.
+
+    On a machine with several GPUs and no scheduler, a CUDA job first claims one GPU for itself
+    (segmia.gpus), so concurrent Snakemake jobs do not share a device."""
     torch.set_num_threads(max(1, threads))
+    if device in ("auto", "cuda"):
+        # several GPUs and no scheduler (profiles/gpu-workstation): take one of them for this
+        # process, before CUDA starts; a no-op on CPU-only machines and in SLURM jobs
+        from .gpus import claim_gpu
+
+        claim_gpu()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -93,14 +96,7 @@ def grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradSca
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=active)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+from .logs import configure_logging  # noqa: E402, F401  (moved; kept importable from here)
 
 
 def _clock(seconds: float) -> str:

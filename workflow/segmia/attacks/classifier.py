@@ -38,6 +38,14 @@ from .release import release
 log = logging.getLogger("segmia")
 
 
+class GlobalMeanPool(nn.Module):
+    """Global average pooling as a plain mean: unlike ``AdaptiveAvgPool2d`` its CUDA backward is
+    deterministic (``torch.use_deterministic_algorithms`` has no deterministic adaptive pool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, width: int = 16):
         super().__init__()
@@ -50,7 +58,7 @@ class SmallCNN(nn.Module):
                 nn.MaxPool2d(2),
             ]
             c = w
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(*layers, GlobalMeanPool(), nn.Flatten())
         self.head = nn.Linear(c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +85,7 @@ class ResNetAttack(nn.Module):
                 "internet access (cached under $TORCH_HOME) or set attack.pretrained: false."
             ) from None
         net.fc = nn.Linear(net.fc.in_features, 1)
+        net.avgpool = GlobalMeanPool()
         self.adapt = nn.Conv2d(in_channels, 3, kernel_size=1)
         self.net = net
 

@@ -1,11 +1,24 @@
-"""The attack steps: fit a learned attack on a shadow, evaluate it (or the global-loss attack)
-on a victim, and write per-sample scores and metrics.
+"""The attack steps: fit a learned attack on a shadow, evaluate attacks on a victim, and write
+per-sample scores and metrics.
+
+Attack families (``ATTACKS``):
+
+- learned (fit on the shadow's MIA set, applied to the victim's): ``type1``, ``type2``,
+  ``loss_map`` (He et al.: patches of the per-pixel cross-entropy map), ``loss_map_concat`` (the
+  loss map concatenated with the released map and the one-hot mask);
+- threshold: ``global_loss`` (the study's: per-image Dice loss against the shadow's last-epoch
+  mean training loss) and the loss-map aggregates ``agg_*`` (mean, quantiles, foreground-only
+  mean of the per-pixel loss; threshold chosen on the shadow's MIA set);
+- reference-model attacks on K reference models: ``lira_online``, ``lira_offline``,
+  ``lira_online_fixed``, ``lira_offline_fixed`` (fixed variance), ``lira_online_loss`` (online
+  LiRA on the mean per-pixel loss instead of the logit-scaled confidence), ``rmia_online``,
+  ``rmia_offline``.
 
 An evaluation directory holds ``scores.csv`` (``sample_id``, ``member``, ``score``: higher means
-"member") and ``metrics.json``: score-based metrics on the victim's MIA set (``auc``,
-``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr``, ``balanced_accuracy``) and the paper's protocol
-(``accuracy``, ``f1``: learned attacks averaged over the last k attack epochs; global loss with
-the shadow's last-epoch mean training loss as threshold).
+"member") and ``metrics.json``: score-based metrics on the victim's MIA set (``auc`` with a
+bootstrap 95% CI, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr``, ``balanced_accuracy``) and the
+paper's protocol (``accuracy``, ``f1``: learned attacks averaged over the last k attack epochs;
+threshold attacks at their threshold; reference attacks at likelihood ratio 1 / score 0.5).
 """
 
 from __future__ import annotations
@@ -17,16 +30,42 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io import read_json, read_torch, write_csv, write_json, write_torch
+from ..io import read_csv, read_json, read_torch, write_csv, write_json, write_torch
 from ..models.losses import per_image_dice_loss
 from ..runtime import Checkpoint, stable_seed
-from .classifier import build_classifier, fit_classifier, score, with_weights
+from .classifier import build_classifier, learned_inputs, score_attack, train_attack, with_weights
 from .features import feature_channels
-from .metrics import roc_metrics, threshold_metrics
+from .metrics import bootstrap_auc_ci, roc_metrics, threshold_metrics
+from .names import AGGREGATES, LOSS_MAP_PARTS
 from .outputs import QuerySet
 from .release import release
 
 log = logging.getLogger("segmia")
+
+# --- learned attacks ----------------------------------------------------------------------------
+
+
+def _learned(
+    kind: str,
+    recipe: dict,
+    shape: tuple[int, ...],
+    release_spec: dict,
+    seed: int,
+    device: torch.device,
+):
+    """(attack model, input builder) of a learned attack for maps of ``shape`` (N, C, H, W)."""
+    if kind in LOSS_MAP_PARTS:
+        from .loss_map import build_loss_map_attack, loss_map_channels, loss_map_inputs
+
+        parts = LOSS_MAP_PARTS[kind]
+        model = build_loss_map_attack(
+            recipe, loss_map_channels(parts, shape[1]), tuple(shape[2:])
+        ).to(device)
+        return model, loss_map_inputs(
+            model, parts, release_spec, seed, device, float(recipe.get("loss_floor", 1e-6))
+        )
+    model = build_classifier(recipe, feature_channels(kind, shape[1])).to(device)
+    return model, learned_inputs(kind, release_spec, device)
 
 
 def fit_attack_job(
@@ -36,23 +75,24 @@ def fit_attack_job(
     out_dir: str | Path,
     device: torch.device,
 ) -> None:
-    """Train the ``spec['attack']`` classifier on the shadow model's MIA set."""
+    """Train the learned attack ``spec['attack']`` on the shadow model's MIA set."""
     out_dir = Path(out_dir)
     query = QuerySet(shadow_query, data_dir)
     kind, recipe = spec["attack"], spec["recipe"]
-    in_channels = feature_channels(kind, query.logits.shape[1])
     seed = stable_seed("attack", spec["shadow"], kind, spec["release_name"])
-    model, snapshots, rows = fit_classifier(
-        query, kind, spec["release"], recipe, seed, out_dir, spec, device, in_channels
+    torch.manual_seed(seed)
+    model, inputs = _learned(kind, recipe, query.logits.shape, spec["release"], seed, device)
+    model, snapshots, rows = train_attack(
+        model, query, inputs, recipe, seed, out_dir, spec, device, f"attack {kind}"
     )
-    train_scores = score(model, query, kind, spec["release"], device)
+    train_scores = score_attack(model, query, inputs, device)
     fit_metrics = {
         **roc_metrics(query.labels, train_scores),
         **threshold_metrics(query.labels, train_scores > 0.5),
     }
     write_torch(out_dir / "attack.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_torch(out_dir / "snapshots.pt", snapshots)
-    write_json(out_dir / "spec.json", {**spec, "in_channels": in_channels})
+    write_json(out_dir / "spec.json", {**spec, "seed": seed, "shape": list(query.logits.shape)})
     write_csv(out_dir / "log.csv", pd.DataFrame(rows))
     write_json(
         out_dir / "metrics.json",
@@ -70,45 +110,6 @@ def fit_attack_job(
     )
 
 
-def _write_evaluation(
-    out_dir: Path,
-    spec: dict,
-    query: QuerySet,
-    scores: np.ndarray,
-    predictions: np.ndarray,
-    protocol: dict,
-) -> dict:
-    labels = query.labels
-    metrics = {
-        **{k: spec[k] for k in ("dataset", "attack", "release_name", "seed", "train_size")},
-        "victim_arch": spec["victim"]["arch"],
-        "victim_variant": spec["victim"]["variant"],
-        "shadow_arch": spec["shadow"]["arch"],
-        "shadow_variant": spec["shadow"]["variant"],
-        **roc_metrics(labels, scores),
-        "balanced_accuracy": threshold_metrics(labels, predictions)["balanced_accuracy"],
-        "accuracy": protocol["accuracy"],
-        "f1": protocol["f1"],
-        "n_members": int(labels.sum()),
-        "n_nonmembers": int((1 - labels).sum()),
-    }
-    write_csv(
-        out_dir / "scores.csv",
-        pd.DataFrame({"sample_id": query.sample_ids, "member": labels, "score": scores}),
-    )
-    write_json(out_dir / "metrics.json", metrics)
-    log.info(
-        "%s on victim %s/%s: AUC %.3f, TPR@1%%FPR %.3f, accuracy (paper protocol) %.3f",
-        spec["attack"],
-        spec["victim"]["arch"],
-        spec["victim"]["variant"],
-        metrics["auc"],
-        metrics["tpr_at_1pct_fpr"],
-        metrics["accuracy"],
-    )
-    return metrics
-
-
 def eval_attack_job(
     attack_dir: str | Path,
     victim_query: str | Path,
@@ -121,39 +122,224 @@ def eval_attack_job(
     attack_dir, out_dir = Path(attack_dir), Path(out_dir)
     fitted = read_json(attack_dir / "spec.json")
     query = QuerySet(victim_query, data_dir)
-    kind, release_spec = spec["attack"], spec["release"]
-    model = build_classifier(fitted["recipe"], fitted["in_channels"]).to(device)
+    model, inputs = _learned(
+        spec["attack"],
+        fitted["recipe"],
+        tuple(fitted["shape"]),
+        spec["release"],
+        fitted["seed"],
+        device,
+    )
     model.load_state_dict(read_torch(attack_dir / "attack.pt"))
-    scores = score(model, query, kind, release_spec, device)
+    scores = score_attack(model, query, inputs, device)
     per_epoch = [
         threshold_metrics(
-            query.labels, score(with_weights(model, snap), query, kind, release_spec, device) > 0.5
+            query.labels, score_attack(with_weights(model, snap), query, inputs, device) > 0.5
         )
         for snap in read_torch(attack_dir / "snapshots.pt")
     ]
     protocol = {k: float(np.mean([m[k] for m in per_epoch])) for k in ("accuracy", "f1")}
-    return _write_evaluation(out_dir, spec, query, scores, scores > 0.5, protocol)
+    return write_evaluation(
+        out_dir, spec, query.sample_ids, query.labels, scores, scores > 0.5, protocol
+    )
 
 
-def global_loss_job(
+# --- threshold attacks --------------------------------------------------------------------------
+
+
+def _released_statistic(query: QuerySet, kind: str, release_spec: dict) -> np.ndarray:
+    """Per-image attack statistic of a query set (higher = member)."""
+    if kind == "global_loss":
+        out = []
+        for start in range(0, len(query), 128):
+            logits, masks, ids = query.batch(np.arange(start, min(start + 128, len(query))))
+            out.append(
+                -per_image_dice_loss(release(logits, release_spec, ids), masks, query.ignore_index)
+            )
+        return torch.cat(out).numpy().astype(np.float64)
+    from .statistics import query_statistic
+
+    return query_statistic(
+        query, AGGREGATES[kind], None if release_spec["type"] == "none" else release_spec
+    )
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold (member if score >= it) with the best accuracy on labelled data."""
+    order = np.unique(scores)
+    candidates = np.r_[order, order[-1] + 1.0] if len(order) else np.array([0.0])
+    accuracy = [np.mean((scores >= t) == labels) for t in candidates]
+    return float(candidates[int(np.argmax(accuracy))])
+
+
+def threshold_job(
+    kind: str,
     shadow_model: str | Path,
     victim_query: str | Path,
     data_dir: str | Path,
     spec: dict,
     out_dir: str | Path,
 ) -> dict:
-    """Global-loss attack: per-image Dice loss of the released map; lower loss = member."""
-    out_dir = Path(out_dir)
+    """Global-loss or loss-map aggregate attack on the victim's MIA set.
+
+    Global loss thresholds at the shadow's last-epoch mean training loss (the study's protocol);
+    the aggregates at the best threshold on the shadow's own MIA set.
+    """
     query = QuerySet(victim_query, data_dir)
-    threshold = read_json(Path(shadow_model) / "metrics.json")["train_loss"]
-    losses = []
-    for start in range(0, len(query), 128):
-        idx = np.arange(start, min(start + 128, len(query)))
-        logits, masks, ids = query.batch(idx)
-        losses.append(
-            per_image_dice_loss(release(logits, spec["release"], ids), masks, query.ignore_index)
+    scores = _released_statistic(query, kind, spec["release"])
+    if kind == "global_loss":
+        threshold = -read_json(Path(shadow_model) / "metrics.json")["train_loss"]
+    else:
+        shadow = QuerySet(Path(shadow_model) / "queries" / "shadow", data_dir)
+        threshold = best_threshold(
+            shadow.labels, _released_statistic(shadow, kind, spec["release"])
         )
-    loss = torch.cat(losses).numpy()
-    predictions = loss <= threshold
+    predictions = scores >= threshold
     protocol = threshold_metrics(query.labels, predictions)
-    return _write_evaluation(out_dir, spec, query, -loss, predictions, protocol)
+    return write_evaluation(
+        Path(out_dir), spec, query.sample_ids, query.labels, scores, predictions, protocol
+    )
+
+
+# --- reference-model attacks --------------------------------------------------------------------
+
+
+def reference_attacks_job(
+    victim: str | Path,
+    references: list[str | Path],
+    data_dir: str | Path,
+    spec: dict,
+    out_dirs: dict[str, str | Path],
+) -> dict[str, dict]:
+    """LiRA (online, offline, fixed variance) and RMIA (online, offline) on K reference models.
+
+    ``victim`` and ``references`` are model directories, each with ``queries/reference`` (the
+    model's answers on the reference universe) and ``members.csv`` (its training rows). The
+    statistic of LiRA is ``spec['statistic']`` (default: logit-scaled mean per-pixel confidence of
+    the true label), RMIA's ``spec['rmia_statistic']`` (mean per-pixel true-class probability).
+    """
+    from .lira import lira_offline, lira_online
+    from .rmia import rmia_scores
+    from .statistics import query_statistic
+
+    release_spec = None if spec["release"]["type"] == "none" else spec["release"]
+    target_query = QuerySet(Path(victim) / "queries" / "reference", data_dir)
+    universe = target_query.samples
+    is_target = (universe["part"] == "target").to_numpy()
+    is_population = (universe["part"] == "population").to_numpy()
+    queries = [QuerySet(Path(r) / "queries" / "reference", data_dir) for r in references]
+    for q in queries:
+        if not q.samples["row"].equals(universe["row"]):
+            from ..errors import DataError
+
+            raise DataError(
+                f"{q.dir} was queried on another reference universe than {target_query.dir}; rerun its query step."
+            )
+    keep = np.stack(
+        [
+            universe["row"]
+            .isin(read_csv(Path(r) / "members.csv", required=("row",))["row"])
+            .to_numpy()
+            for r in references
+        ]
+    )
+
+    lira_stat = spec.get("statistic", "logit_confidence")
+    x = query_statistic(target_query, lira_stat, release_spec)
+    ref = np.stack([query_statistic(q, lira_stat, release_spec) for q in queries])
+    rmia_stat = spec.get("rmia_statistic", "mean_confidence")
+    px = query_statistic(target_query, rmia_stat, release_spec)
+    pref = np.stack([query_statistic(q, rmia_stat, release_spec) for q in queries])
+
+    t, pop = is_target, is_population
+    scores = {
+        "lira_online": lira_online(x[t], ref[:, t], keep[:, t], fix_variance=False),
+        "lira_online_fixed": lira_online(x[t], ref[:, t], keep[:, t], fix_variance=True),
+        "lira_offline": lira_offline(x[t], ref[:, t], keep[:, t], fix_variance=False),
+        "lira_offline_fixed": lira_offline(x[t], ref[:, t], keep[:, t], fix_variance=True),
+    }
+    # the same online LiRA on the negative mean per-pixel loss, to compare the two statistics
+    loss_x = query_statistic(target_query, "neg_ce_mean", release_spec)
+    loss_ref = np.stack([query_statistic(q, "neg_ce_mean", release_spec) for q in queries])
+    scores["lira_online_loss"] = lira_online(
+        loss_x[t], loss_ref[:, t], keep[:, t], fix_variance=False
+    )
+    a, gamma = float(spec.get("rmia_a", 0.3)), float(spec.get("rmia_gamma", 1.0))
+    for mode in ("online", "offline"):
+        scores[f"rmia_{mode}"] = rmia_scores(
+            px[t],
+            pref[:, t],
+            keep[:, t],
+            px[pop],
+            pref[:, pop],
+            mode=mode,
+            a=a,
+            gamma=gamma,
+            population_keep=keep[:, pop],
+        )
+    labels = universe.loc[t, "member"].to_numpy()
+    ids = universe.loc[t, "sample_id"].astype(str).tolist()
+    results = {}
+    for name, out in out_dirs.items():
+        s = np.asarray(scores[name], dtype=np.float64)
+        cut = 0.5 if name.startswith("rmia") else 0.0
+        predictions = s > cut
+        results[name] = write_evaluation(
+            Path(out),
+            {**spec, "attack": name},
+            ids,
+            labels,
+            s,
+            predictions,
+            threshold_metrics(labels, predictions),
+        )
+    return results
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def write_evaluation(
+    out_dir: Path,
+    spec: dict,
+    sample_ids: list[str],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    predictions: np.ndarray,
+    protocol: dict,
+) -> dict:
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    low, high = bootstrap_auc_ci(labels, scores, seed=stable_seed(spec["attack"], spec["seed"]))
+    metrics = {
+        **{k: spec[k] for k in ("dataset", "attack", "release_name", "seed", "train_size")},
+        "victim_arch": spec["victim"]["arch"],
+        "victim_variant": spec["victim"]["variant"],
+        "shadow_arch": spec["shadow"]["arch"],
+        "shadow_variant": spec["shadow"]["variant"],
+        **roc_metrics(labels, scores),
+        "auc_ci_low": low,
+        "auc_ci_high": high,
+        "balanced_accuracy": threshold_metrics(labels, predictions)["balanced_accuracy"],
+        "accuracy": protocol["accuracy"],
+        "f1": protocol["f1"],
+        "n_members": int(labels.sum()),
+        "n_nonmembers": int((1 - labels).sum()),
+    }
+    write_csv(
+        out_dir / "scores.csv",
+        pd.DataFrame({"sample_id": sample_ids, "member": labels, "score": scores}),
+    )
+    write_json(out_dir / "metrics.json", metrics)
+    log.info(
+        "%s on victim %s/%s: AUC %.3f [%.3f, %.3f], TPR@1%%FPR %.3f, accuracy (paper protocol) %.3f",
+        spec["attack"],
+        spec["victim"]["arch"],
+        spec["victim"]["variant"],
+        metrics["auc"],
+        low,
+        high,
+        metrics["tpr_at_1pct_fpr"],
+        metrics["accuracy"],
+    )
+    return metrics

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from ..data.prepared import load_prepared
-from ..data.split import mia_indices, read_split
-from ..io import atomic_path, read_csv, read_npy, write_csv
+from ..data.split import mia_indices, read_split, reference_universe
+from ..io import atomic_path, open_memmap, read_csv, read_npy, write_csv
 from ..models.job import load_model
 from ..models.losses import cross_entropy_map, per_image_dice_loss, probabilities
 from ..runtime import autocast
@@ -108,14 +108,14 @@ def outputs_job(
     out_dir = Path(out_dir)
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
-    members, nonmembers = mia_indices(split, pool, train_size, sizes)
-    rows = np.concatenate([members, nonmembers])
+    queries = query_set(split, pool, train_size, sizes)
+    rows = queries["row"].to_numpy()
     model, spec = load_model(model_dir, data.channels, data.out_channels, device)
     amp = spec["training"].get("amp", True)
     compile_model = spec["training"].get("compile", False)
     shape = (len(rows), data.out_channels, data.images.shape[2], data.images.shape[3])
     with atomic_path(out_dir / "logits.npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        out = open_memmap(tmp, np.float16, shape)
         predict_logits(
             model, data.images, rows, batch_size, device, out, amp=amp, compile=compile_model
         )
@@ -123,23 +123,36 @@ def outputs_job(
         # from the stored float16 maps, a chunk at a time (no float32 copy of the whole set)
         stats = per_image_stats(out, data.masks[rows], data.ignore_index)
         del out
-    samples = pd.DataFrame(
+    samples = queries.assign(**stats)
+    write_csv(out_dir / "samples.csv", samples)
+    log.info(
+        "queried %s on %d samples of the %s query set (%d members, %d non-members)",
+        model_dir,
+        len(rows),
+        pool,
+        int((samples["member"] == 1).sum()),
+        int((samples["member"] == 0).sum()),
+    )
+    return samples
+
+
+def query_set(split: pd.DataFrame, pool: str, train_size: int, sizes: dict) -> pd.DataFrame:
+    """The samples a model is queried on: sample_id, row, member (1, 0, or -1 = not evaluated).
+
+    ``victim``/``shadow``: that pool's balanced MIA set; ``reference``: the reference universe
+    (the victim's MIA set, filler and population; see ``split.reference_universe``).
+    """
+    if pool == "reference":
+        return reference_universe(split, train_size, sizes)[["sample_id", "row", "member", "part"]]
+    members, nonmembers = mia_indices(split, pool, train_size, sizes)
+    rows = np.concatenate([members, nonmembers])
+    return pd.DataFrame(
         {
             "sample_id": split.loc[rows, "sample_id"].to_numpy(),
             "row": rows,
             "member": np.r_[np.ones(len(members), int), np.zeros(len(nonmembers), int)],
-            **stats,
         }
     )
-    write_csv(out_dir / "samples.csv", samples)
-    log.info(
-        "queried %s on %d members + %d non-members of the %s pool",
-        model_dir,
-        len(members),
-        len(nonmembers),
-        pool,
-    )
-    return samples
 
 
 def per_image_stats(

@@ -11,6 +11,7 @@ A prepared dataset is a directory with
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io import read_csv, read_json, read_npy, write_csv, write_json, write_npy
+from ..io import (
+    open_memmap,
+    read_csv,
+    read_json,
+    read_npy,
+    temp_beside,
+    write_csv,
+    write_json,
+    write_npy,
+)
 
 FILES = ("images.npy", "masks.npy", "index.csv", "meta.json")
 
@@ -133,3 +143,84 @@ def load_prepared(directory: str | Path, check: bool = True) -> Prepared:
     if check:
         check_arrays(images, masks, index, meta, where=str(directory))
     return Prepared(images=images, masks=masks, index=index, meta=meta)
+
+
+class PreparedWriter:
+    """Write a prepared dataset sample by sample, without holding it in memory.
+
+    ``images.npy`` and ``masks.npy`` are memory-mapped ``.npy`` files (``open_memmap``) under
+    temporary names in ``directory``; :meth:`finish` validates them, renames them into place and
+    writes ``index.csv`` and ``meta.json`` (last). Leaving the ``with`` block without
+    :meth:`finish` (an error) deletes the temporary files: nothing half-written remains.
+    """
+
+    def __init__(self, directory: str | Path, count: int, channels: int, height: int, width: int):
+        if count < 1:
+            raise DataError(f"{directory}: no samples to write.")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._tmp: dict[str, Path] = {}
+        for name in ("images.npy", "masks.npy"):
+            self._tmp[name] = temp_beside(self.directory / name)
+        try:  # disk space reserved up front: a full disk is an OSError here, not a SIGBUS later
+            self.images = open_memmap(
+                self._tmp["images.npy"], np.uint8, (count, channels, height, width)
+            )
+            self.masks = open_memmap(self._tmp["masks.npy"], np.uint8, (count, height, width))
+        except BaseException:
+            self.close()
+            raise
+        self.rows: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, image: np.ndarray, mask: np.ndarray, sample_id: str, group: str) -> None:
+        """Append one sample: image C x H x W (or H x W for one channel) and mask H x W, uint8."""
+        i = len(self.rows)
+        if i >= self.images.shape[0]:
+            raise DataError(
+                f"{self.directory}: more samples than the {self.images.shape[0]} announced."
+            )
+        image = np.asarray(image)
+        self.images[i] = image if image.ndim == 3 else image[None]
+        self.masks[i] = mask
+        self.rows.append((str(sample_id), str(group)))
+
+    def finish(self, meta: dict) -> None:
+        n = self.images.shape[0]
+        if len(self.rows) != n:
+            raise DataError(
+                f"{self.directory}: {len(self.rows)} samples written but {n} were announced."
+            )
+        images, masks = self.images, self.masks
+        images.flush()
+        masks.flush()
+        index = pd.DataFrame(self.rows, columns=["sample_id", "group"])
+        meta = {
+            **meta,
+            "channels": int(images.shape[1]),
+            "height": int(images.shape[2]),
+            "width": int(images.shape[3]),
+        }
+        check_arrays(images, masks, index, meta, where=str(self.directory))
+        del self.images, self.masks, images, masks  # close the memory maps before renaming
+        for name, tmp in self._tmp.items():
+            os.replace(tmp, self.directory / name)
+        self._tmp = {}
+        write_csv(self.directory / "index.csv", index)
+        write_json(self.directory / "meta.json", meta)
+
+    def close(self) -> None:
+        for name in ("images", "masks"):
+            if hasattr(self, name):
+                delattr(self, name)
+        for tmp in self._tmp.values():
+            tmp.unlink(missing_ok=True)
+        self._tmp = {}
+
+    def __enter__(self) -> PreparedWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

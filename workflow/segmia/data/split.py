@@ -151,3 +151,61 @@ def mia_indices(
     source = "val" if sizes.get("nonmembers") == "validation" else "nonmember"
     nonmembers = role_indices(split, pool, source)[:k]
     return members, nonmembers
+
+
+# --- reference models (LiRA, RMIA) --------------------------------------------------------------
+
+
+def reference_universe(split: pd.DataFrame, size: int, sizes: dict) -> pd.DataFrame:
+    """The samples the attacker's reference models are built on and queried on.
+
+    ``part`` is ``target`` for the victim's MIA candidates (``member`` 1/0 = the victim's
+    membership), ``filler`` for attacker-pool training candidates that bring the universe to 2N
+    samples (so a random half is a training set of the victim's size N), and ``population`` for
+    further attacker-pool samples (validation and held-out roles) that no reference model trains
+    on: RMIA's population z. Columns: row, sample_id, part, member (-1 outside the targets).
+    """
+    members, nonmembers = mia_indices(split, "victim", size, sizes)
+    candidates = split[(split["pool"] == "shadow") & (split["role"] == "train")].sort_values(
+        "order"
+    )
+    filler = candidates.index.to_numpy()[: max(0, 2 * size - len(members) - len(nonmembers))]
+    population = split.index[
+        (split["pool"] == "shadow") & split["role"].isin(["val", "nonmember"])
+    ].to_numpy()
+    rows = np.concatenate([members, nonmembers, filler, population])
+    part = (
+        ["target"] * (len(members) + len(nonmembers))
+        + ["filler"] * len(filler)
+        + ["population"] * len(population)
+    )
+    member = np.r_[
+        np.ones(len(members), int),
+        np.zeros(len(nonmembers), int),
+        -np.ones(len(filler) + len(population), int),
+    ]
+    return pd.DataFrame(
+        {
+            "row": rows,
+            "sample_id": split.loc[rows, "sample_id"].to_numpy(),
+            "part": part,
+            "member": member,
+        }
+    )
+
+
+def reference_training_rows(
+    split: pd.DataFrame, size: int, sizes: dict, seed: int, index: int
+) -> np.ndarray:
+    """Training rows of reference model ``index``: a random half of the targets and filler.
+
+    Drawn from a generator seeded by (seed, index) alone, so model k is the same whatever the
+    number of reference models a study asks for; each candidate is a member of about half of
+    them (the membership of every model is written to its ``members.csv``).
+    """
+    from ..runtime import stable_seed
+
+    universe = reference_universe(split, size, sizes)
+    pool = universe.loc[universe["part"] != "population", "row"].to_numpy()
+    rng = np.random.default_rng(stable_seed("reference", seed, index))
+    return np.sort(rng.permutation(pool)[: len(pool) // 2])

@@ -1,9 +1,11 @@
 """Backdoor metrics of a (poisoned or clean) model on its pool's validation images.
 
-On every validation image with the trigger written in (fully triggered), the attack-success
-measure is the fraction of pixels predicted as the poisoned target mask; the predicted foreground
-mass is compared with the true (clean) foreground mass, as in the study's logs. Clean Dice/IoU
-are the model's validation metrics.
+On every validation image with the trigger written in (fully triggered): ``target_agreement`` is
+the fraction of pixels predicted as the poisoned target mask, ``foreground_ratio`` the predicted
+foreground mass over the true (clean) foreground mass, as in the study's logs, and
+``backdoor_success`` = 1 - min(foreground_ratio, 1), the share of the true foreground the trigger
+erases (about 0 for a clean model, 1 for a working backdoor; pixel agreement alone is high for
+any model because most pixels are background). Clean Dice/IoU are the validation metrics.
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ def backdoor_metrics(
         pixels += labels.numel()
         predicted_fg += float((labels > 0).sum())
         true_fg += float(((y > 0) & (y != 255)).sum())
+    ratio = predicted_fg / max(true_fg, 1.0)
     return {
-        "backdoor_success": agree / pixels,
+        "target_agreement": agree / pixels,
         "predicted_foreground": predicted_fg / len(val),
         "true_foreground": true_fg / len(val),
-        "foreground_ratio": predicted_fg / max(true_fg, 1.0),
+        "foreground_ratio": ratio,
+        "backdoor_success": 1.0 - min(ratio, 1.0),
     }
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ..data.prepared import load_prepared
-from ..data.split import read_split, role_indices, train_indices
+from ..data.split import read_split, reference_training_rows, role_indices, train_indices
 from ..errors import SegmiaError
 from ..io import read_json, read_torch, write_csv, write_json, write_torch
 from ..runtime import Checkpoint, stable_seed
@@ -36,6 +36,17 @@ def model_seed(spec: dict) -> int:
     return stable_seed(
         spec["dataset"], spec["role"], spec["arch_name"], spec["train_size"], spec["seed"]
     )
+
+
+def training_rows(split, spec: dict):
+    """Rows of the model's training set: the first N training candidates of its pool, or for a
+    reference model (role ``ref<k>``) its random half of the reference universe."""
+    if spec["pool"] == "reference":
+        index = int(spec["role"].removeprefix("ref"))
+        return reference_training_rows(
+            split, spec["train_size"], spec["split"], spec["seed"], index
+        )
+    return train_indices(split, spec["pool"], spec["train_size"])
 
 
 def _extras(spec, data, train, val, device) -> Extras:
@@ -67,8 +78,8 @@ def train_job(
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
     pool, variant = spec["pool"], spec["variant"]
-    train_rows = train_indices(split, pool, spec["train_size"])
-    val_rows = role_indices(split, pool, "val")
+    train_rows = training_rows(split, spec)
+    val_rows = role_indices(split, "victim" if pool == "victim" else "shadow", "val")
     on_device = device if spec["training"].get("data_on_device", True) else torch.device("cpu")
     val = Arrays.from_numpy(data.images, data.masks, val_rows, on_device)
     extra_metrics: dict = {}
@@ -93,6 +104,7 @@ def train_job(
             device,
         )
         train = Arrays(images.to(on_device), labels.to(on_device))
+        rows_used = rows
         extra_metrics = {
             "distillation_reference_size": int(variant["reference_size"]),
             "distillation_kept": len(rows),
@@ -156,6 +168,11 @@ def train_job(
     }
     write_torch(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_json(out_dir / "spec.json", spec)
+    members = rows_used if variant["type"] == "distillation" else train_rows
+    write_csv(
+        out_dir / "members.csv",
+        pd.DataFrame({"row": members, "sample_id": split.loc[members, "sample_id"].to_numpy()}),
+    )
     write_csv(out_dir / "log.csv", pd.DataFrame(rows))
     write_json(out_dir / "metrics.json", metrics)
     Checkpoint(out_dir, spec).clear()

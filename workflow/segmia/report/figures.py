@@ -73,15 +73,18 @@ def heatmap(
     plt.close(fig)
 
 
-def mean_roc(score_files: list[str | Path], grid: np.ndarray) -> np.ndarray:
-    """Mean TPR over runs (seeds) at the FPR values of ``grid`` (step interpolation)."""
-    tprs = []
+def mean_roc(score_files: list[str | Path], grid: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean TPR over runs (seeds) at the FPR values of ``grid`` (step interpolation), and the
+    smallest FPR the runs resolve (1 / fewest non-members)."""
+    tprs, negatives = [], []
     for f in score_files:
         scores = read_csv(f, required=("member", "score"))
-        fpr, tpr = roc_curve(scores["member"].to_numpy(), scores["score"].to_numpy())
+        labels = scores["member"].to_numpy()
+        fpr, tpr = roc_curve(labels, scores["score"].to_numpy())
         idx = np.searchsorted(fpr, grid, side="right") - 1
         tprs.append(tpr[np.clip(idx, 0, len(tpr) - 1)])
-    return np.mean(tprs, axis=0)
+        negatives.append(int((labels == 0).sum()))
+    return np.mean(tprs, axis=0), 1.0 / max(min(negatives), 1)
 
 
 def roc_figure(
@@ -91,19 +94,39 @@ def roc_figure(
     min_fpr: float = 1e-5,
     dpi: int = 150,
 ) -> None:
-    """Log-log ROC curves: ``curves[panel][label]`` = score files (one per seed), averaged."""
-    plt, _ = _pyplot()
+    """Log-log ROC curves: ``curves[panel][label]`` = score files (one per seed), averaged.
+
+    Below 1 / #non-members no FPR can be measured: curves start there and the region is shaded.
+    """
+    plt, sns = _pyplot()
     grid = np.logspace(np.log10(min_fpr), 0, 400)
     panels = list(curves)
+    n_curves = max(len(c) for c in curves.values())
+    colours = sns.color_palette("tab10" if n_curves <= 10 else "tab20", n_curves)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(0.5 + 3.6 * len(panels), 4.0), squeeze=False, sharey=True
+        1, len(panels), figsize=(0.5 + 3.8 * len(panels), 4.2), squeeze=False, sharey=True
     )
     for ax, panel in zip(axes[0], panels, strict=True):
-        for label, files in curves[panel].items():
-            ax.plot(grid, mean_roc(files, grid), label=label, linewidth=1.4)
+        resolution = min_fpr
+        for colour, (label, files) in zip(colours, curves[panel].items(), strict=False):
+            tpr, resolved = mean_roc(files, grid)
+            keep = grid >= resolved
+            ax.plot(grid[keep], tpr[keep], label=label, linewidth=1.4, color=colour)
+            resolution = max(resolution, resolved)
         ax.plot(
             [min_fpr, 1], [min_fpr, 1], color="grey", linestyle="--", linewidth=1, label="chance"
         )
+        if resolution > min_fpr:
+            ax.axvspan(min_fpr, resolution, color="0.9", zorder=0)
+            ax.text(
+                np.sqrt(min_fpr * resolution),
+                2 * min_fpr,
+                "FPR below\n1 / #non-members",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="0.4",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(min_fpr, 1)
@@ -112,7 +135,11 @@ def roc_figure(
         ax.set_xlabel("false positive rate")
         if ax is axes[0][0]:
             ax.set_ylabel("true positive rate")
-        ax.legend(fontsize=7, loc="lower right", title=None)
+    # one legend for all panels (their curves share labels), outside the axes
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
+    )
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, path, dpi)
@@ -290,9 +317,9 @@ def poisoning_curves(
                 label=f"backdoor success, {trigger}",
             )
     axes[2].set_xlabel("poison rate p")
-    axes[2].set_ylabel("fraction")
-    axes[2].set_ylim(0, 1.02)
-    axes[2].legend(fontsize=7, loc="lower left")
+    axes[2].set_ylabel("clean Dice / backdoor success")
+    axes[2].set_ylim(-0.02, 1.02)
+    axes[2].legend(fontsize=7, loc="best")
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(
         handles,
@@ -303,6 +330,60 @@ def poisoning_curves(
         frameon=False,
         fontsize=8,
     )
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path, dpi)
+    plt.close(fig)
+
+
+def size_curves(
+    frame: pd.DataFrame,
+    logged: dict,
+    path: str | Path,
+    title: str,
+    attack_labels: dict[str, str],
+    dpi: int = 150,
+) -> None:
+    """AUC and accuracy (paper protocol) against the training-set size N; the author's logged
+    accuracy as open markers."""
+    plt, sns = _pyplot()
+    attacks = list(dict.fromkeys(frame["attack"]))
+    colours = dict(zip(attacks, sns.color_palette("tab10", len(attacks)), strict=True))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for ax, metric, ylabel in zip(
+        axes,
+        ["auc", "accuracy"],
+        ["attack ROC-AUC", "attack accuracy (paper protocol)"],
+        strict=True,
+    ):
+        for attack in attacks:
+            sub = (
+                frame[frame["attack"] == attack].groupby("train_size")[metric].agg(["mean", "std"])
+            )
+            ax.errorbar(
+                sub.index,
+                sub["mean"],
+                yerr=np.nan_to_num(sub["std"]),
+                marker="o",
+                capsize=3,
+                color=colours[attack],
+                label=attack_labels.get(attack, attack),
+            )
+            if metric == "accuracy" and attack in logged:
+                sizes = sorted(logged[attack])
+                ax.plot(
+                    sizes,
+                    [logged[attack][n] for n in sizes],
+                    marker="o",
+                    markerfacecolor="none",
+                    linestyle=":",
+                    color=colours[attack],
+                    label=f"{attack_labels.get(attack, attack)} (author's logs)",
+                )
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("training-set size N (images)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, path, dpi)

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..attacks.names import FAMILY
+from ..attacks.names import LABELS as ATTACK_LABELS
 from ..io import atomic_path, read_json, write_csv
-from . import figures
+from . import figures, paper
 from .summary import collect_evaluations
 from .tables import cell, write_grid_tables
 
-ATTACK_LABELS = {"type1": "Type-I", "type2": "Type-II", "global_loss": "Global loss"}
 ATTACK_METRICS = ["auc", "tpr_at_1pct_fpr", "accuracy"]
 SHORT = {
     "auc": "AUC",
@@ -42,10 +43,13 @@ def load(
     kind = study["type"]
     if kind == "architectures":
         frame["label"] = "victim " + frame["victim"] + " / shadow " + frame["shadow"]
-    elif kind == "defences":
+    elif kind in ("defences", "attack_comparison"):
         frame["label"] = np.where(frame["release"] != "none", frame["release"], frame["variant"])
         order = {d: i for i, d in enumerate(study["defences"])}
         frame = frame.sort_values("label", key=lambda s: s.map(order), kind="stable")
+    elif kind == "training_sizes":
+        frame["label"] = [f"N = {n}" for n in frame["train_size"]]
+        frame = frame.sort_values("train_size", kind="stable")
     elif kind == "dp_sweep":
         eps = (
             victims.set_index(["variant", "seed"])["target_epsilon"]
@@ -139,6 +143,16 @@ def _write(
         )
 
 
+def _logs_note(reference: str | None) -> str:
+    if not reference:
+        return ""
+    return (
+        f" Columns marked *author's logs* are the numbers logged by the paper's author for "
+        f"{paper.REFERENCES[reference]} (accuracy, original protocol), shown beside the "
+        "reproduced *acc.* columns."
+    )
+
+
 def write_table(
     study_name: str, study: dict, table: str, evaluations, models, backdoors, stem: str | Path
 ) -> None:
@@ -147,9 +161,35 @@ def write_table(
     kind, attacks = study["type"], study["attacks"]
     seeds = int(frame.groupby(["label", "attack"]).size().max())
     note = f"Dataset `{study['dataset']}`; mean ± standard deviation over {seeds} seed(s); chance AUC 0.5."
+    reference = study.get("paper")
     if kind == "architectures":
         title = f"{study_name}: {ATTACK_LABELS.get(table, table)} attack, victim (rows) x shadow (columns)"
-        write_grid_tables(frame, stem, title)
+        write_grid_tables(
+            frame,
+            stem,
+            title,
+            reference=paper.architecture_grid(reference, table),
+            reference_title=paper.REFERENCES.get(reference, ""),
+        )
+        return
+    if kind == "training_sizes":
+        wide = _wide(frame, "train_size", attacks)
+        formatted = _formatted(wide, "train_size", attacks, {}, seeds).rename(
+            columns={"train_size": "training-set size N"}
+        )
+        for attack, logged in paper.size_accuracy(reference).items():
+            if attack in attacks:
+                wide[f"paper_{attack}_accuracy"] = wide["train_size"].map(logged)
+                formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
+                    ("" if pd.isna(v) else f"{v:.3f}") for v in wide[f"paper_{attack}_accuracy"]
+                ]
+        _write(
+            stem,
+            wide,
+            formatted,
+            f"{study_name}: attack vs training-set size",
+            note + _logs_note(reference),
+        )
         return
     if kind == "defences":
         utility = _utility(victims)
@@ -164,13 +204,25 @@ def write_table(
             "relative_cost": "cost vs none",
             "spent_epsilon": "spent ε",
         }
+        formatted = _formatted(wide, "label", attacks, extra, seeds).rename(
+            columns={"label": "defence"}
+        )
+        types = study.get("defence_types", {})
+        for attack, logged in paper.defence_accuracy(reference).items():
+            if attack in attacks:
+                values = [logged.get(types.get(d, d)) for d in wide["label"]]
+                wide[f"paper_{attack}_accuracy"] = values
+                formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
+                    "" if v is None else f"{v:.3f}" for v in values
+                ]
         _write(
             stem,
             wide,
-            _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "defence"}),
+            formatted,
             f"{study_name}: defences (privacy and utility)",
-            note
-            + " Argmax and output noise post-process the outputs of the undefended victim (and of the shadow); the other defences are training variants of the victim.",
+            note + " Argmax and output noise post-process the outputs of the undefended victim (and"
+            " of the shadow); the other defences are training variants of the victim."
+            + _logs_note(reference),
         )
         return
     if kind == "dp_sweep":
@@ -193,6 +245,58 @@ def write_table(
             note + " Spent ε as reported by the Opacus accountant at δ = 1/N unless configured.",
         )
         return
+    if kind == "attack_comparison":
+        metrics = [
+            "auc",
+            "auc_ci_low",
+            "auc_ci_high",
+            "tpr_at_1pct_fpr",
+            "tpr_at_0.1pct_fpr",
+            "balanced_accuracy",
+        ]
+        stats = _stats(frame, ["attack", "label"], metrics)
+        order = {a: i for i, a in enumerate(attacks)}
+        stats = stats.sort_values("attack", key=lambda c: c.map(order), kind="stable")
+        numeric = stats.assign(family=stats["attack"].map(FAMILY)).rename(
+            columns={"label": "defence"}
+        )
+        formatted = pd.DataFrame(
+            {"attack": [ATTACK_LABELS.get(a, a) for a in dict.fromkeys(stats["attack"])]}
+        )
+        formatted.insert(1, "family", [FAMILY.get(a, "") for a in dict.fromkeys(stats["attack"])])
+        for defence in dict.fromkeys(stats["label"]):
+            sub = (
+                stats[stats["label"] == defence]
+                .set_index("attack")
+                .reindex(list(dict.fromkeys(stats["attack"])))
+            )
+            formatted[f"{defence}: AUC [95% CI]"] = [
+                f"{cell(m, sd, seeds)} [{lo:.2f}, {hi:.2f}]"
+                for m, sd, lo, hi in zip(
+                    sub["auc_mean"],
+                    sub["auc_std"],
+                    sub["auc_ci_low_mean"],
+                    sub["auc_ci_high_mean"],
+                    strict=True,
+                )
+            ]
+            for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"):
+                formatted[f"{defence}: {SHORT[m]}"] = [
+                    cell(a, b, seeds)
+                    for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
+                ]
+        n_nonmembers = int(frame["n_nonmembers"].min()) if "n_nonmembers" in frame else 0
+        _write(
+            stem,
+            numeric,
+            formatted,
+            f"{study_name}: attack comparison",
+            note
+            + f" AUC CI: bootstrap over the victim's MIA samples (first seed's interval averaged over seeds). "
+            f"With {n_nonmembers} non-members the smallest resolvable FPR is {1 / max(n_nonmembers, 1):.3g}; "
+            "TPR at a lower FPR is the TPR at zero false positives.",
+        )
+        return
     if kind == "poisoning":
         wide = _wide(frame, "label", attacks)
         lookup = frame.drop_duplicates("label").set_index("label")
@@ -200,7 +304,9 @@ def write_table(
         wide.insert(2, "rate", wide["label"].map(lookup["rate"]))
         if len(back):
             b = _stats(
-                back, ["trigger", "rate"], ["backdoor_success", "foreground_ratio", "clean_dice"]
+                back,
+                ["trigger", "rate"],
+                ["backdoor_success", "target_agreement", "foreground_ratio", "clean_dice"],
             ).drop(columns="seeds")
             wide = wide.merge(b, on=["trigger", "rate"], how="left")
         realised = (
@@ -213,6 +319,7 @@ def write_table(
             "realised_rate": "realised p",
             "clean_dice_mean": "clean Dice",
             "backdoor_success_mean": "backdoor success",
+            "target_agreement_mean": "target pixel agreement",
             "foreground_ratio_mean": "pred./true fg",
         }
         _write(
@@ -222,8 +329,10 @@ def write_table(
                 columns={"label": "trigger, rate"}
             ),
             f"{study_name}: model poisoning (dishonest adversary)",
-            note
-            + " Attacks query clean images; backdoor success = fraction of pixels predicted as the poisoned target on fully triggered validation images.",
+            note + " Attacks query clean images. On fully triggered validation images: target pixel"
+            " agreement = fraction of pixels predicted as the poisoned target; pred./true fg ="
+            " predicted over true foreground mass; backdoor success = 1 - min(pred./true fg, 1),"
+            " the share of the foreground the trigger erases.",
         )
         return
     raise ValueError(f"no table for study type {kind!r}")
@@ -243,9 +352,14 @@ def draw_figure(
     frame, victims, back = load(study_name, study, evaluations, models, backdoors)
     if figure == "roc":
         curves: dict[str, dict[str, list[str]]] = {}
+        by_defence = study["type"] == "attack_comparison"  # panel per defence, curve per attack
+        if by_defence:
+            order = {a: i for i, a in enumerate(study["attacks"])}
+            frame = frame.sort_values("attack", key=lambda c: c.map(order), kind="stable")
         for row in frame.itertuples():
-            panel = ATTACK_LABELS.get(row.attack, row.attack)
-            curves.setdefault(panel, {}).setdefault(row.label, []).append(
+            attack = ATTACK_LABELS.get(row.attack, row.attack)
+            panel, label = (f"defence: {row.label}", attack) if by_defence else (attack, row.label)
+            curves.setdefault(panel, {}).setdefault(label, []).append(
                 str(Path(row.path) / "scores.csv")
             )
         for panel in curves:  # one curve per seed file, deduplicated (poisoning repeats rate 0)
@@ -266,6 +380,11 @@ def draw_figure(
         frame = frame.assign(dice=frame["variant"].map(dice))
         figures.epsilon_curves(
             frame, out, f"{study_name}: attacks vs DP-SGD budget", ATTACK_LABELS, dpi
+        )
+    elif figure == "training_size":
+        logged = paper.size_accuracy(study.get("paper"))
+        figures.size_curves(
+            frame, logged, out, f"{study_name}: attacks vs training-set size", ATTACK_LABELS, dpi
         )
     elif figure == "poisoning":
         figures.poisoning_curves(

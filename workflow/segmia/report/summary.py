@@ -37,6 +37,10 @@ ATTACK_COLUMNS = [
     "accuracy",
     "f1",
     "balanced_accuracy",
+    "auc_ci_low",
+    "auc_ci_high",
+    "n_members",
+    "n_nonmembers",
 ]
 
 

@@ -81,14 +81,44 @@ def write_grid_tables(
     rows: str = "victim",
     cols: str = "shadow",
     metrics: list[str] | None = None,
+    reference: dict | None = None,
+    reference_title: str = "",
 ) -> None:
-    """Write ``stem``.csv (numbers), ``stem``.md and ``stem``.tex (formatted grids per metric)."""
+    """Write ``stem``.csv (numbers), ``stem``.md and ``stem``.tex (formatted grids per metric).
+
+    ``reference`` (rows -> cols -> value): the author's logged accuracy, shown as its own grid
+    and as the difference reproduced - logged, and stored in the CSV as metric ``paper_accuracy``.
+    """
     metrics = metrics or list(METRIC_LABELS)
     grids, stats = grid_table(frame, rows, cols, metrics)
     stem = Path(stem)
-    write_csv(stem.with_suffix(".csv"), numeric_grids(stats, rows, cols, metrics, frame))
+    numeric = numeric_grids(stats, rows, cols, metrics, frame)
     md = [f"# {title}", ""]
     tex = [f"% {title}"]
+    if reference:
+        logged = pd.DataFrame(reference).T.reindex(
+            index=grids[metrics[0]].index, columns=grids[metrics[0]].columns
+        )
+        mean = stats.pivot(index=rows, columns=cols, values="accuracy_mean").reindex_like(logged)
+        paper = logged.reset_index().rename(columns={"index": rows})
+        paper.insert(0, "statistic", "logged")
+        paper.insert(0, "metric", "paper_accuracy")
+        numeric = pd.concat([numeric, paper], ignore_index=True)
+        logged.index.name = mean.index.name = f"{rows} \\ {cols}"
+        md += [
+            f"## Author's logs: accuracy ({reference_title})",
+            "",
+            "Numbers logged by the paper's author (PAPER.md), for comparison with the reproduced "
+            "*Accuracy (paper protocol)* grid below.",
+            "",
+            logged.to_markdown(floatfmt=".3f"),
+            "",
+            "## Reproduced accuracy minus the author's logs",
+            "",
+            (mean - logged).to_markdown(floatfmt="+.3f"),
+            "",
+        ]
+    write_csv(stem.with_suffix(".csv"), numeric)
     for m, grid in grids.items():
         md += [f"## {METRIC_LABELS[m]}", "", grid.to_markdown(), ""]
         tex += [

@@ -1,0 +1,80 @@
+"""The reference-attack step end to end on fake model directories: it reads each model's
+members.csv, its answers on the reference universe, and scores only the victim's MIA targets."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from segmia.attacks.job import reference_attacks_job
+from segmia.attacks.names import REFERENCE
+from segmia.data.prepared import write_prepared
+from segmia.io import write_csv, write_npy
+
+N_TARGET, N_POP, K = 60, 40, 8
+
+
+def _fake(tmp_path, effect: float):
+    rng = np.random.default_rng(0)
+    n = N_TARGET + N_POP
+    masks = (rng.random((n, 8, 8)) > 0.5).astype(np.uint8)
+    ids = [f"s{i}" for i in range(n)]
+    write_prepared(
+        tmp_path / "data",
+        rng.integers(0, 255, (n, 1, 8, 8), dtype=np.uint8),
+        masks,
+        pd.DataFrame({"sample_id": ids, "group": ids}),
+        {"name": "f", "source": "synthetic_ct", "num_classes": 2, "ignore_index": None},
+    )
+    victim_members = np.arange(N_TARGET) < N_TARGET // 2
+    universe = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "row": np.arange(n),
+            "member": np.r_[victim_members.astype(int), -np.ones(N_POP, int)],
+            "part": ["target"] * N_TARGET + ["population"] * N_POP,
+        }
+    )
+    difficulty = rng.normal(0, 1.0, n)  # per-sample: some images are easy for every model
+
+    def model(name, trained_on):
+        d = tmp_path / name
+        confidence = (
+            1.0 + difficulty + effect * np.isin(np.arange(n), trained_on) + rng.normal(0, 0.3, n)
+        )
+        logits = (masks * 2.0 - 1.0) * confidence[:, None, None]
+        write_npy(d / "queries" / "reference" / "logits.npy", logits[:, None].astype(np.float16))
+        write_csv(d / "queries" / "reference" / "samples.csv", universe)
+        write_csv(
+            d / "members.csv",
+            pd.DataFrame({"row": trained_on, "sample_id": [ids[i] for i in trained_on]}),
+        )
+        return d
+
+    victim = model("victim", np.flatnonzero(victim_members))
+    refs = [model(f"ref{k}", np.sort(rng.permutation(N_TARGET)[: N_TARGET // 2])) for k in range(K)]
+    return victim, refs
+
+
+@pytest.mark.parametrize(("effect", "expect"), [(2.0, "detected"), (0.0, "chance")])
+def test_reference_attacks_detect_a_planted_effect_and_not_a_null_one(tmp_path, effect, expect):
+    victim, refs = _fake(tmp_path, effect)
+    spec = {
+        "dataset": "f",
+        "attack": "reference",
+        "release_name": "none",
+        "release": {"type": "none"},
+        "seed": 0,
+        "train_size": 30,
+        "victim": {"arch": "a", "variant": "none"},
+        "shadow": {"arch": "a", "variant": f"refs{K}"},
+    }
+    outs = {a: tmp_path / "out" / a for a in REFERENCE}
+    results = reference_attacks_job(victim, refs, tmp_path / "data", spec, outs)
+    assert set(results) == set(REFERENCE)
+    for name, metrics in results.items():
+        assert metrics["n_members"] == metrics["n_nonmembers"] == N_TARGET // 2, name
+        scores = pd.read_csv(outs[name] / "scores.csv")
+        assert len(scores) == N_TARGET  # population samples are never scored
+        if expect == "detected":
+            assert metrics["auc"] > 0.8, (name, metrics["auc"])
+        else:
+            assert 0.3 < metrics["auc"] < 0.7, (name, metrics["auc"])
