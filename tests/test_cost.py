@@ -20,26 +20,35 @@ def demo():
 
 def test_demo_trainings_match_the_dag_and_the_original_cells(demo):
     rows = {r.study: r for r in count_trainings(demo)}
-    # architectures: 2 victims x 2 shadows x 3 attacks = 12 cells; 2 victims + 2 shadows
-    assert (rows["architectures_ct"].cells, rows["architectures_ct"].models) == (12, 4)
-    # defences: 8 rows x 3 attacks; victims none/crop/mixup/minmax/dp/kd + the shadow (the kd
-    # teacher is the undefended victim); the undefended pair is already trained for the grid
+    # architectures: 2 victims x 2 shadows x 3 attacks = 12 cells of 2 models; 2 + 2 models
+    a = rows["architectures_ct"]
+    assert (a.cells, a.original, a.models) == (12, 24, 4)
+    # defences: 8 rows x 2 attacks, 2 models per cell + the kd teacher in 2 cells; victims
+    # none/crop/mixup/minmax/dp/kd + the shadow (the kd teacher is the undefended victim); the
+    # undefended pair is already trained for the grid
     d = rows["defences_ct"]
-    assert (d.cells, d.original, d.models, d.new_models) == (24, 48, 7, 5)
+    assert (d.cells, d.original, d.models, d.new_models) == (16, 34, 7, 5)
     # dp sweep: none + 3 epsilons (8.5 is the dp defence itself) x 2 attacks
     assert (rows["dp_sweep_ct"].cells, rows["dp_sweep_ct"].new_models) == (8, 2)
+    # attack comparison: K reference models per LiRA/RMIA cell, trained once here
+    study = demo["studies"]["attack_comparison_ct"]
+    k, n_ref = study["reference_models"], sum(a in plan.REFERENCE_ATTACKS for a in study["attacks"])
+    c = rows["attack_comparison_ct"]
+    assert c.models == len(study["defences"]) + 1 + k  # victims, the shadow, K references
+    assert c.original == 2 * c.cells + (k - 1) * n_ref * len(study["defences"])
     total = sum(r.new_models for r in rows.values())
-    assert total == len(plan.all_models(demo)) == 19  # what `snakemake -n` schedules
-    assert sum(r.original for r in rows.values()) == 142
+    assert total == len(plan.all_models(demo)) == 33  # what `snakemake -n` schedules
+    assert sum(r.original for r in rows.values()) == 327
 
 
 def test_paper_config_counts():
     config = load_config_file(REPO / "config" / "config.yaml")
-    rows = count_trainings(config)
+    rows = {r.study: r for r in count_trainings(config)}
     seeds = len(config["seeds"])
     # tables 1-3: 3 x 3 architectures x 3 attacks per seed; 3 victims + 3 shadows per seed
-    assert sum(r.cells for r in rows) == 27 * seeds
-    assert sum(r.new_models for r in rows) == 6 * seeds
+    grid = rows["table1_3_liver"]
+    assert (grid.cells, grid.original, grid.new_models) == (27 * seeds, 54 * seeds, 6 * seeds)
+    assert sum(r.new_models for r in rows.values()) == len(plan.all_models(config))
 
 
 def _csv(path, rows):
@@ -80,8 +89,8 @@ def _csv(path, rows):
 
 def _rates(demo):
     rows = []
-    for name in ("unet_small", "unet_res"):
-        key = arch_key(demo["architectures"][name])
+    for name, arch in demo["architectures"].items():
+        key = arch_key(arch)
         for group, rate in (("train", 10.0), ("dp_train", 5.0), ("extract", 100.0)):
             rows.append(
                 {
@@ -149,7 +158,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
         "50",
     ).stdout
     assert "THESE ARE CPU NUMBERS" in out and "GPU-h (extrapolated)" in out
-    assert "segmentation trainings: 19" in out and "142" in out
+    assert "segmentation trainings: 33" in out and "327" in out
     # synthetic_scenes rows are missing: scaled from the 64x64 rows by pixel count
     assert "scaled by pixel count" in out
     rows = [r for r in _rates(demo) if r["group"] != "dp_train"]
@@ -160,11 +169,11 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
 
 def test_trainings_cli():
     out = run_segmia("trainings", "--configfile", str(REPO / "config" / "demo.yaml")).stdout
-    assert "19 trainings instead of 142" in out
+    assert "33 trainings instead of 327" in out
 
 
 def test_the_dag_trains_each_model_once(tmp_path, demo):
-    """`snakemake -n` on the demo schedules exactly the counted trainings (19, not 142)."""
+    """`snakemake -n` on the demo schedules exactly the counted trainings (33, not 327)."""
     import yaml
 
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
@@ -173,7 +182,7 @@ def test_the_dag_trains_each_model_once(tmp_path, demo):
         "-n", "--cores", "1", workdir=tmp_path, configfile=write_config(tmp_path, config)
     )
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
-    assert int(jobs["train"]) == sum(r.new_models for r in count_trainings(demo)) == 19
+    assert int(jobs["train"]) == sum(r.new_models for r in count_trainings(demo)) == 33
 
 
 def test_default_throughput_prefers_the_newest_gpu_csv(tmp_path):

@@ -27,7 +27,7 @@ def test_dp_sgd_trains_every_architecture_one_step(name):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     optimizer = torch.optim.NAdam(model.parameters(), lr=1e-3)
     spec = {"epsilon": 8.5, "delta": 1e-2, "max_grad_norm": 1.0}
-    model, optimizer, _, engine = make_private(
+    model, optimizer, _, engine, _ = make_private(
         model, optimizer, 32, Recipe(epochs=1, batch_size=4, lr=1e-3), spec
     )
     before = [p.detach().clone() for p in model.parameters()]
@@ -46,7 +46,7 @@ def test_resnet_blocks_need_the_out_of_place_fix():
     torch.manual_seed(0)
     model = ModuleValidator.fix(build_model(ARCHS["smp_resnet34"], 1, 1))
     optimizer = torch.optim.NAdam(model.parameters(), lr=1e-3)
-    model, optimizer, _, _ = make_private(
+    model, optimizer, _, _, _ = make_private(
         model,
         optimizer,
         32,

@@ -1,13 +1,14 @@
 """What a configured reproduction costs: segmentation trainings and device-hours.
 
 ``count_trainings``: the segmentation models the DAG trains (each once, see ``plan``) against the
-original code, which trains one victim and one shadow for every *cell* of a paper table. A cell is
-one (study row, study column) of one table: a distinct (victim variant or release defence, victim
-architecture, shadow architecture, attack, seed) tuple of a study. Each attack is its own table in
-the paper (tables 1-3 are Type-I, Type-II and global loss of the same grid), so a grid of 3 x 3
-architectures attacked three ways is 27 cells = 54 trainings per seed in the original code, and
-3 victims + 3 shadows = 6 trainings here. Cells of two studies that happen to coincide count twice
-for the original code (it runs one script per table).
+original code, which trains the models of every *cell* of a paper table anew: a victim (and its
+distillation teacher) and a shadow, or K reference models for LiRA/RMIA. A cell is one (study
+row, study column) of one table: a distinct (victim variant or release defence, victim
+architecture, shadow architecture, training size, attack, seed) tuple of a study. Each attack is
+its own table in the paper (tables 1-3 are Type-I, Type-II and global loss of the same grid), so
+a grid of 3 x 3 architectures attacked three ways is 27 cells = 54 trainings per seed in the
+original code, and 3 victims + 3 shadows = 6 trainings here. Cells of two studies that happen to
+coincide count twice for the original code (it runs one script per table).
 
 ``estimate``: device-hours per study from measured throughput (``benchmarks/run.py`` CSV) x the
 planned epochs and images. Work first needed by a study is charged to it, so the per-study rows
@@ -40,7 +41,8 @@ NOTES = (
     "trains on at most reference_size images, the teacher labels them once; min-max: the inner "
     "attack's epoch is counted as one extra forward pass over members + held-out images), plus "
     "one validation pass per epoch",
-    "query = members + non-members of the MIA set through the model, with per-image losses",
+    "query = members + non-members of the MIA set through the model, with per-image losses (a "
+    "LiRA/RMIA reference model: the reference universe, about 2N + validation + MIA-set size)",
     "attack fit = epochs x MIA set / classifier training throughput, plus scoring the shadow "
     "set; attack evaluation = (1 + last_k snapshots) scoring passes over the victim's MIA set; "
     "threshold attacks (global loss) cost nothing measurable",
@@ -91,19 +93,30 @@ def arch_key(arch: dict) -> str:
 
 
 def cell(ev: plan.Evaluation) -> tuple:
-    """One table cell: (victim variant or release defence, victim arch, shadow arch, attack, seed)."""
+    """One table cell: (victim variant or release defence, victim arch, shadow arch, training
+    size, attack, seed)."""
     row = ev.victim.variant if ev.release == "none" else ev.release
-    return (row, ev.victim.arch, ev.shadow.arch, ev.attack, ev.seed)
+    return (row, ev.victim.arch, ev.shadow.arch, ev.victim.size, ev.attack, ev.seed)
+
+
+def evaluation_models(config: dict, ev: plan.Evaluation) -> list[plan.Model]:
+    """The segmentation models one evaluation needs: the victim (and its distillation teacher),
+    and the shadow or the K reference models."""
+    models = [ev.victim]
+    if plan.variant_spec(config, ev.victim.variant)["type"] == "distillation":
+        models.append(plan.teacher(ev.victim))
+    if ev.shadow.role == "reference":
+        models += plan.references(ev.shadow, plan.reference_count(ev.shadow))
+    else:
+        models.append(ev.shadow)
+    return models
 
 
 def study_models(config: dict, name: str) -> list[plan.Model]:
-    """The segmentation models a study needs: victims, shadows and distillation teachers."""
+    """The distinct segmentation models a study needs."""
     models: dict[plan.Model, None] = {}
     for ev in plan.study_evaluations(config, name):
-        for model in (ev.victim, ev.shadow):
-            if plan.variant_spec(config, model.variant)["type"] == "distillation":
-                models[plan.teacher(model)] = None
-            models[model] = None
+        models.update(dict.fromkeys(evaluation_models(config, ev)))
     return list(models)
 
 
@@ -111,23 +124,23 @@ def study_models(config: dict, name: str) -> list[plan.Model]:
 class StudyTrainings:
     study: str
     cells: int
+    original: int  # trainings of the original code: every model of every cell, trained anew
     models: int  # distinct models the study needs
     new_models: int  # of which no earlier study (config order) needs
-
-    @property
-    def original(self) -> int:
-        return 2 * self.cells
 
 
 def count_trainings(config: dict) -> list[StudyTrainings]:
     seen: set[plan.Model] = set()
     out = []
     for name in config["studies"]:
-        cells = {cell(ev) for ev in plan.study_evaluations(config, name)}
+        cells = {
+            cell(ev): len(evaluation_models(config, ev))
+            for ev in plan.study_evaluations(config, name)
+        }
         models = study_models(config, name)
         new = [m for m in models if m not in seen]
         seen.update(models)
-        out.append(StudyTrainings(name, len(cells), len(models), len(new)))
+        out.append(StudyTrainings(name, len(cells), sum(cells.values()), len(models), len(new)))
     return out
 
 
@@ -138,7 +151,8 @@ def trainings_report(config: dict, configfile: str = "") -> str:
     lines = [
         f"segmentation-model trainings{f' for {configfile}' if configfile else ''}",
         "",
-        "| study | table cells | original code (2 x cells) | this pipeline (distinct models) | new here |",
+        "| study | table cells | original code (models per cell) | this pipeline (distinct models) "
+        "| new here |",
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -149,8 +163,9 @@ def trainings_report(config: dict, configfile: str = "") -> str:
         "",
         f"{total_models} trainings instead of {total_original} ({factor:.1f}x fewer).",
         "A cell is one (victim variant or release defence, victim architecture, shadow "
-        "architecture, attack, seed) of a study; the original code trains a victim and a shadow "
-        "for each. Here a model is trained once per (dataset, role, architecture, variant, size, "
+        "architecture, training size, attack, seed) of a study; the original code trains its "
+        "models for each: a victim (and a distillation teacher) and a shadow, or K reference "
+        "models. Here a model is trained once per (dataset, role, architecture, variant, size, "
         "seed) and shared by every attack, table and study (distillation teachers included).",
     ]
     return "\n".join(lines)
@@ -285,7 +300,9 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
                 seconds += epochs * 2 * model.size / infer
             cost["train"] += seconds
             k = min(int(ds["split"]["mia_size"]), model.size)
-            cost["query"] += 2 * k / infer
+            # a reference model answers on the reference universe: 2N + the population
+            queried = 2 * model.size + val + k if model.pool == "reference" else 2 * k
+            cost["query"] += queried / infer
         for ev in plan.study_evaluations(config, name):
             ds = config["datasets"][ev.dataset]
             c, h, w, k_out = dataset_shape(config, ev.dataset)
@@ -391,8 +408,8 @@ def estimate_report(
     n_original = sum(t.original for t in trainings.values())
     lines += [
         "",
-        f"segmentation trainings: {n_models} (the original code's one victim + one shadow per "
-        f"table cell: {n_original})",
+        f"segmentation trainings: {n_models} (the original code, which trains every table "
+        f"cell's models anew: {n_original})",
         "",
         "how: " + "; ".join(NOTES) + ".",
     ]
