@@ -53,12 +53,13 @@ sys.path.insert(0, str(REPO / "workflow"))  # run from a checkout without instal
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from segmia.cost import PAPER_SHAPES, arch_key, out_channels  # noqa: E402
+from segmia.cost import PAPER_SHAPES, arch_key  # noqa: E402
+from segmia.data.prepared import output_channels  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
 #: (channels, height, width, output channels) of the paper's datasets
-SHAPES = {name: (c, h, w, out_channels(k)) for name, (c, h, w, k) in PAPER_SHAPES.items()}
+SHAPES = {name: (c, h, w, output_channels(k)) for name, (c, h, w, k) in PAPER_SHAPES.items()}
 #: the demo's own shapes, for the MONAI U-Nets
 DEMO_SHAPES = {"synthetic_ct": (1, 64, 64, 1), "synthetic_scenes": (3, 48, 96, 5)}
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plan
+from .data.prepared import output_channels
 from .errors import SegmiaError
 
 #: (channels, height, width, num_classes) of the paper's datasets after preparation (PAPER.md)
@@ -51,10 +52,6 @@ NOTES = (
 )
 
 
-def out_channels(num_classes: int) -> int:
-    return 1 if num_classes == 2 else num_classes
-
-
 def dataset_shape(config: dict, name: str) -> tuple[int, int, int, int]:
     """(channels, height, width, model output channels) of a configured dataset."""
     ds = config["datasets"][name]
@@ -66,14 +63,14 @@ def dataset_shape(config: dict, name: str) -> tuple[int, int, int, int]:
             channels,
             int(params.get("height", 64)),
             int(params.get("width", 64)),
-            out_channels(classes),
+            output_channels(classes),
         )
     if source in PAPER_SHAPES:
         channels, height, width, classes = PAPER_SHAPES[source]
         size = ds.get("size") or ds.get("image_size")  # [height, width] where a config sets one
         if size:
             height, width = int(size[0]), int(size[1])
-        return channels, height, width, out_channels(classes)
+        return channels, height, width, output_channels(classes)
     raise SegmiaError(f"dataset {name!r}: no known image shape for source {source!r}")
 
 

@@ -33,6 +33,11 @@ from ..io import (
 FILES = ("images.npy", "masks.npy", "index.csv", "meta.json")
 
 
+def output_channels(num_classes: int) -> int:
+    """Model output channels: 1 logit for a binary task (as in the paper), else one per class."""
+    return 1 if num_classes == 2 else num_classes
+
+
 @dataclass
 class Prepared:
     images: np.ndarray
@@ -46,8 +51,7 @@ class Prepared:
 
     @property
     def out_channels(self) -> int:
-        """Model output channels: 1 logit for a binary task (as in the paper), else one per class."""
-        return 1 if self.num_classes == 2 else self.num_classes
+        return output_channels(self.num_classes)
 
     @property
     def ignore_index(self) -> int | None:
