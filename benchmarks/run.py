@@ -184,6 +184,16 @@ class Bench:
             flush=True,
         )
 
+    def rates(self, step, batch: int) -> list[float]:
+        """Images/s of ``step`` (one batch): ``--warmup`` untimed calls, then per repeat the
+        median of ``--steps`` timed calls."""
+        for _ in range(self.args.warmup):
+            step()
+        return [
+            statistics.median(timed(step, batch, self.device) for _ in range(self.args.steps))
+            for _ in range(self.args.repeats)
+        ]
+
     def add(self, rates: list[float], images: int, **fields) -> dict:
         rss, gpu = peak_memory(self.device)
         row = {
@@ -306,12 +316,7 @@ def train_case(bench: Bench, name: str, arch: dict, dataset: str, shape: tuple, 
         float(loss.detach())
 
     model.train()
-    for _ in range(args.warmup):
-        step()
-    rates = [
-        statistics.median(timed(step, batch, device) for _ in range(args.steps))
-        for _ in range(args.repeats)
-    ]
+    rates = bench.rates(step, batch)
     setting = mode or ("amp+cl" if channels_last else "fp32")
     return bench.add(
         rates,
@@ -649,12 +654,7 @@ def attack_case(bench: Bench, classifier: str, dataset: str, channels: int, batc
         float(loss.detach())
 
     model.train()
-    for _ in range(args.warmup):
-        step()
-    rates = [
-        statistics.median(timed(step, batch, device) for _ in range(args.steps))
-        for _ in range(args.repeats)
-    ]
+    rates = bench.rates(step, batch)
     bench.add(rates, batch * args.steps, group="attack_train", batch_size=batch, **fields)
 
     score_batch = 32 if args.quick else 64

@@ -193,6 +193,20 @@ def privacy_utility(
     plt.close(fig)
 
 
+def _mean_std_line(ax, rows: pd.DataFrame, x: str, metric: str, colour, label: str) -> None:
+    """``metric`` against ``x``: the mean over seeds, error bars one standard deviation."""
+    sub = rows.groupby(x)[metric].agg(["mean", "std"])
+    ax.errorbar(
+        sub.index,
+        sub["mean"],
+        yerr=np.nan_to_num(sub["std"]),
+        marker="o",
+        capsize=3,
+        color=colour,
+        label=label,
+    )
+
+
 def epsilon_curves(
     frame: pd.DataFrame, path: str | Path, title: str, attack_labels: dict[str, str], dpi: int = 150
 ) -> None:
@@ -208,17 +222,13 @@ def epsilon_curves(
         axes[:2], ["auc", "tpr_at_1pct_fpr"], ["attack ROC-AUC", "TPR at 1% FPR"], strict=True
     ):
         for attack in attacks:
-            sub = (
-                private[private["attack"] == attack].groupby("epsilon")[metric].agg(["mean", "std"])
-            )
-            ax.errorbar(
-                sub.index,
-                sub["mean"],
-                yerr=np.nan_to_num(sub["std"]),
-                marker="o",
-                capsize=3,
-                color=colours[attack],
-                label=attack_labels.get(attack, attack),
+            _mean_std_line(
+                ax,
+                private[private["attack"] == attack],
+                "epsilon",
+                metric,
+                colours[attack],
+                attack_labels.get(attack, attack),
             )
             base = public.loc[public["attack"] == attack, metric]
             if len(base):
@@ -357,17 +367,13 @@ def size_curves(
         strict=True,
     ):
         for attack in attacks:
-            sub = (
-                frame[frame["attack"] == attack].groupby("train_size")[metric].agg(["mean", "std"])
-            )
-            ax.errorbar(
-                sub.index,
-                sub["mean"],
-                yerr=np.nan_to_num(sub["std"]),
-                marker="o",
-                capsize=3,
-                color=colours[attack],
-                label=attack_labels.get(attack, attack),
+            _mean_std_line(
+                ax,
+                frame[frame["attack"] == attack],
+                "train_size",
+                metric,
+                colours[attack],
+                attack_labels.get(attack, attack),
             )
             if metric == "accuracy" and attack in logged:
                 sizes = sorted(logged[attack])
