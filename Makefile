@@ -1,6 +1,7 @@
 # segmia: two commands for a newcomer on a fresh machine.
 #   make demo   set up .venv (pinned) and run the demo pipeline on embedded synthetic data
 #   make test   set up .venv (pinned) and run the test suite (what CI runs)
+#   make rehearsal  the paper config's studies on replica datasets, on a CPU (results/rehearsal/)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
@@ -9,7 +10,7 @@ CORES ?= all
 # jobs call "python -m segmia": the venv's python must come first
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv demo test test-fast lint format report dry-run clean-demo
+.PHONY: venv demo test test-fast lint format report dry-run clean-demo rehearsal
 
 venv: $(STAMP)
 
@@ -22,6 +23,10 @@ $(STAMP): envs/requirements.txt envs/requirements-dev.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@echo "Report: make report  (writes results/demo/report.html)"
+
+# SEEDS="0" for one seed (what CI runs); the paper config's three seeds by default
+rehearsal: $(STAMP)
+	$(BIN)/python -m segmia rehearsal --cores $(CORES) $(if $(SEEDS),--seeds $(SEEDS))
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --report results/demo/report.html

@@ -28,6 +28,7 @@ shell.prefix(
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/datasets.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/attacks.smk"
 include: "workflow/rules/report.smk"

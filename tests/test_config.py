@@ -219,3 +219,134 @@ def test_invalid_public_dataset_config_names_the_key(paper, mutate, expected):
 def test_download_and_prepare_do_not_apply_to_synthetic_sources(tiny):
     tiny["datasets"]["ct"]["prepare"] = {"height": 32}
     assert "only public datasets" in _error(tiny)
+
+
+# --- named choices: one constant each, the schema's enums agree --------------------------------
+
+
+def test_schema_enums_are_the_constants_the_code_uses():
+    from segmia.attacks.names import ATTACKS
+    from segmia.config import DEVICES, PUBLIC_SOURCES, SYNTHETIC_SOURCES, schema
+    from segmia.data.names import GROUPINGS
+    from segmia.models.poisoning import TARGETS, TRIGGERS
+    from segmia.plan import STUDY_FIGURES
+
+    defs = schema()["$defs"]
+    study = defs["study"]["properties"]
+    assert tuple(defs["split"]["properties"]["groups"]["enum"]) == GROUPINGS
+    assert defs["split"]["properties"]["groups"]["default"] == "whole"
+    assert tuple(study["triggers"]["items"]["enum"]) == TRIGGERS
+    assert tuple(study["target"]["enum"]) == TARGETS
+    assert tuple(defs["dataset"]["properties"]["source"]["enum"]) == (
+        *SYNTHETIC_SOURCES,
+        *PUBLIC_SOURCES,
+    )
+    assert tuple(schema()["properties"]["device"]["enum"]) == DEVICES
+    assert set(defs["attack"]["enum"]) == set(ATTACKS)
+    assert set(study["type"]["enum"]) == set(STUDY_FIGURES)
+
+
+# --- the split's membership unit and its feasibility, before any job ----------------------------
+
+
+def test_group_aware_is_an_unknown_key_whose_message_names_groups(tiny):
+    tiny["datasets"]["ct"]["split"]["group_aware"] = False
+    message = _error(tiny)
+    for word in ["'group_aware'", "datasets.ct.split", "'groups' replaces", "none", "pools"]:
+        assert word in message, message
+    assert "\n" not in message
+
+
+def test_paper_config_splits_fit_and_whole_cities_do_not(paper):
+    from segmia.config import training_needs
+
+    config = load_config(copy.deepcopy(paper))
+    assert config["datasets"]["cityscapes"]["split"]["groups"] == "pools"
+    assert config["datasets"]["liver"]["split"]["groups"] == "whole"
+    assert config["datasets"]["kvasir"]["split"]["groups"] == "whole"
+    assert training_needs(config, "cityscapes") == {"victim": 600, "shadow": 600}
+    # liver: a distilled victim (its reference set beyond N = 500); kvasir: N = 300
+    assert training_needs(config, "liver") == {"victim": 501, "shadow": 500}
+    assert training_needs(config, "kvasir") == {"victim": 300, "shadow": 300}
+    del paper["datasets"]["cityscapes"]["split"]["groups"]
+    message = _error(paper)
+    for word in [
+        "dataset 'cityscapes'",
+        "seed 0",
+        "victim pool",
+        "role train",
+        "needs 600",
+        "has 466",
+        "split.groups: pools",
+        "18 cities",
+        "no job was started",
+    ]:
+        assert word in message, message
+    assert "\n" not in message
+
+
+def test_reference_filler_counts_for_the_attackers_pool(tiny):
+    from segmia.config import training_needs
+
+    tiny["studies"]["refs"] = {
+        "type": "attack_comparison",
+        "dataset": "ct",
+        "architecture": "tiny",
+        "attacks": ["lira_online"],
+        "train_size": 24,
+    }
+    tiny["datasets"]["ct"]["split"].update(mia_size=4, val_size=4)
+    config = load_config(tiny)
+    # the universe is 2N: 2 x 4 victim targets + 40 attacker-pool fillers
+    assert training_needs(config, "ct") == {"victim": 24, "shadow": 40}
+
+
+def _liver_config(tmp_path, tiny, groups=None) -> dict:
+    """tiny with a liver dataset, whose slices are known only once prepared."""
+    split = dict(victim_pool=20, shadow_pool=20, train_size=8, val_size=4, mia_size=4)
+    tiny["datasets"] = {"liv": {"source": "liver", "split": {**split, **(groups or {})}}}
+    tiny["studies"]["grid"]["dataset"] = "liv"
+    tiny["results"] = str(tmp_path / "results")
+    tiny["resources"] = str(tmp_path / "resources")
+    return tiny
+
+
+def _prepare_index(tmp_path, meta: dict) -> None:
+    import json
+
+    # 5 patients of 10 slices: whole patients per role leave the cut tails unused
+    prepared = tmp_path / "resources" / "prepared" / "liv"
+    prepared.mkdir(parents=True)
+    rows = [f"p{g}_s{s},p{g}" for g in range(5) for s in range(10)]
+    (prepared / "index.csv").write_text("sample_id,group\n" + "\n".join(rows) + "\n")
+    (prepared / "meta.json").write_text(json.dumps(meta))
+
+
+def test_prepared_index_on_disk_rejects_an_infeasible_split_before_any_job(tmp_path, tiny):
+    config = _liver_config(tmp_path, tiny)
+    load_config(copy.deepcopy(config))  # not prepared: liver's slices are unknown, not checked
+    _prepare_index(tmp_path, {"name": "liv", "source": "liver"})
+    message = _error(copy.deepcopy(config))
+    for word in ["dataset 'liv'", "seed 0", "victim pool", "needs", "has 0", "prepared index"]:
+        assert word in message, message
+    # the same data with groups whole only between the pools fit
+    load_config(_liver_config(tmp_path, copy.deepcopy(tiny), {"groups": "pools"}))
+    proc = run_snakemake(
+        "-n",
+        "--cores",
+        "1",
+        workdir=tmp_path,
+        configfile=write_config(tmp_path, config),
+        check=False,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "dataset 'liv', seed 0: the victim pool" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_prepared_index_of_other_settings_is_not_used(tmp_path, tiny):
+    config = _liver_config(tmp_path, tiny)
+    _prepare_index(tmp_path, {"name": "liv", "source": "liver", "prepare": {"max_slices": 40}})
+    load_config(config)  # preparation would rebuild it (max_slices 5000): not checked

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from segmia.data.prepared import load_prepared, write_prepared
-from segmia.data.split import make_split, mia_indices, role_indices, train_indices
+from segmia.data.split import POOLS, make_split, mia_indices, role_indices, train_indices
 from segmia.data.synthetic import generate
 from segmia.errors import DataError
 
@@ -105,9 +105,12 @@ def test_nonmembers_from_validation():
 
 def test_sample_level_split_quirk_mixes_patients():
     index = generate("synthetic_ct", CT)[2]
-    split = make_split(index, {**SIZES, "group_aware": False}, seed=0)
+    split = make_split(index, {**SIZES, "groups": "none"}, seed=0)
     used = split[split["role"] != "unused"]
     assert (used.groupby("group")["pool"].nunique() > 1).any()
+    assert (used.groupby("group")["role"].nunique() > 1).any()
+    _check_split_counts(split, SIZES)
+    assert split.equals(make_split(index, {**SIZES, "groups": "none"}, seed=0))
 
 
 def test_split_rejects_pools_larger_than_the_dataset():
@@ -142,3 +145,195 @@ def test_reference_universe_and_reference_training_sets():
     assert list(halves[3]) == list(reference_training_rows(split, 20, sizes, seed=0, index=3))
     counts = np.array([sum(r in set(h) for h in halves) for r in targets["row"]])
     assert counts.min() >= 2 and counts.max() <= 14 and abs(counts.mean() - 8) < 2
+
+
+# --- the membership unit (split.groups) and the feasibility of every role ---------------------
+
+#: the real Cityscapes train split: finely annotated images per city (2975, 18 cities)
+CITYSCAPES_CITIES = dict(
+    aachen=174,
+    bochum=96,
+    bremen=316,
+    cologne=154,
+    darmstadt=85,
+    dusseldorf=221,
+    erfurt=109,
+    hamburg=248,
+    hanover=196,
+    jena=119,
+    krefeld=99,
+    monchengladbach=94,
+    strasbourg=365,
+    stuttgart=196,
+    tubingen=144,
+    ulm=95,
+    weimar=142,
+    zurich=122,
+)
+#: the paper config's Cityscapes split; the training-size study needs N up to 600
+CITYSCAPES = dict(victim_pool=1400, shadow_pool=1400, train_size=600, val_size=400, mia_size=400)
+
+
+def _index(group_sizes: dict) -> pd.DataFrame:
+    rows = [(f"{g}_{i:06d}", g) for g, k in group_sizes.items() for i in range(k)]
+    return pd.DataFrame(rows, columns=["sample_id", "group"])
+
+
+def _check_split_counts(split: pd.DataFrame, sizes: dict) -> None:
+    """Every role of both pools at its exact size."""
+    for pool in ("victim", "shadow"):
+        in_pool = split[split["pool"] == pool]
+        assert (in_pool["role"] == "val").sum() == sizes["val_size"]
+        assert (in_pool["role"] == "nonmember").sum() == sizes["mia_size"]
+        train = in_pool[in_pool["role"] == "train"]
+        assert len(train) == sizes[f"{pool}_pool"] - sizes["val_size"] - sizes["mia_size"]
+        assert sorted(train["order"]) == list(range(len(train)))
+
+
+def test_cityscapes_split_fits_on_the_real_city_sizes_with_groups_pools():
+    from segmia.data.sources.cityscapes import TRAIN_CITY_SIZES
+
+    assert TRAIN_CITY_SIZES == CITYSCAPES_CITIES and sum(TRAIN_CITY_SIZES.values()) == 2975
+    index = _index(CITYSCAPES_CITIES)
+    sizes = {**CITYSCAPES, "groups": "pools"}
+    candidates = {}
+    for seed in (0, 1, 2):
+        split = make_split(index, sizes, seed, where="dataset 'cityscapes'", need_train=600)
+        _check_split_counts(split, sizes)
+        used = split[split["role"] != "unused"]
+        for pool in ("victim", "shadow"):
+            candidates[(seed, pool)] = int(
+                ((used["pool"] == pool) & (used["role"] == "train")).sum()
+            )
+            assert candidates[(seed, pool)] >= 600
+            # members and non-members come from the same cities
+            rows = used[used["pool"] == pool]
+            members = set(rows.loc[(rows["role"] == "train") & (rows["order"] < 400), "group"])
+            nonmembers = set(rows.loc[rows["role"] == "nonmember", "group"])
+            assert nonmembers == members == set(rows["group"])
+        # cities are whole between the victim's and the attacker's pools
+        pools = split[split["pool"] != "unused"].groupby("group")["pool"].nunique()
+        assert (pools == 1).all()
+        assert split.equals(make_split(index, sizes, seed, need_train=600))
+    print("cityscapes training candidates (groups: pools):", candidates)
+
+
+def test_whole_cities_per_role_leave_too_few_training_candidates_in_one_message():
+    index = _index(CITYSCAPES_CITIES)
+    available = {}
+    for seed in (0, 1, 2):
+        split = make_split(index, CITYSCAPES, seed, need_train=1)
+        for pool in ("victim", "shadow"):
+            rows = split[(split["pool"] == pool) & (split["role"] == "train")]
+            available[(seed, pool)] = len(rows)
+    print("cityscapes training candidates (groups: whole):", available)
+    assert max(available.values()) < 600
+    with pytest.raises(DataError) as info:
+        make_split(index, CITYSCAPES, 0, where="dataset 'cityscapes'", need_train=600)
+    message = str(info.value)
+    for word in [
+        "dataset 'cityscapes'",
+        "seed 0",
+        "victim pool",
+        "role train",
+        "needs 600",
+        f"has {available[(0, 'victim')]} training candidates",
+        "split.groups: pools",
+    ]:
+        assert word in message, message
+    assert "\n" not in message
+
+
+def test_whole_groups_report_a_short_held_out_role():
+    # a pool of 8 is one group of 8; val_size 4 cuts it and leaves its tail unused: no non-members
+    index = _index({"a": 8, "b": 8, "c": 8})
+    sizes = dict(victim_pool=8, shadow_pool=8, train_size=2, val_size=4, mia_size=2)
+    with pytest.raises(DataError) as info:
+        make_split(index, sizes, seed=0, where="dataset 'abc'")
+    message = str(info.value)
+    for word in ["dataset 'abc', seed 0", "victim pool", "role nonmember", "needs 2", "has 0"]:
+        assert word in message, message
+    assert make_split(index, {**sizes, "groups": "ordered"}, seed=0) is not None
+
+
+def test_ordered_layout_is_contiguous_in_group_order_and_exact():
+    index = _index(CITYSCAPES_CITIES)
+    sizes = {**CITYSCAPES, "groups": "ordered"}
+    split = make_split(index, sizes, seed=1, need_train=600)
+    _check_split_counts(split, sizes)
+    # the seeded group order is the one of groups: whole (same seed), samples laid out in it
+    rng = np.random.default_rng(1)
+    cities = np.unique(index["group"])[rng.permutation(index["group"].nunique())]
+    flat = np.concatenate([np.flatnonzero(index["group"] == c) for c in cities])
+    expected = ["val"] * 400 + ["nonmember"] * 400 + ["train"] * 600
+    assert list(split.loc[flat[:1400], "pool"]) == ["victim"] * 1400
+    assert list(split.loc[flat[:1400], "role"]) == expected
+    assert list(split.loc[flat[1400:2800], "pool"]) == ["shadow"] * 1400
+    assert list(split.loc[flat[1400:2800], "role"]) == expected
+    assert set(split.loc[flat[2800:], "pool"]) == {"unused"}
+    assert list(split.loc[flat[800:1400], "order"]) == list(range(600))
+    # so a city can straddle the two pools and two roles
+    used = split[split["pool"] != "unused"]
+    assert (used.groupby("group")["pool"].nunique() > 1).any()
+    assert (used.groupby("group")["role"].nunique() > 1).any()
+
+
+def test_groups_pools_on_synthetic_patients():
+    index = generate("synthetic_ct", CT)[2]
+    sizes = {**SIZES, "groups": "pools"}
+    split = make_split(index, sizes, seed=2)
+    _check_split_counts(split, sizes)
+    pools = split[split["pool"] != "unused"].groupby("group")["pool"].nunique()
+    assert (pools == 1).all()
+    assert (split[split["role"] != "unused"].groupby("group")["role"].nunique() > 1).any()
+    assert not split["role"].equals(make_split(index, sizes, seed=3)["role"])
+
+
+def test_groups_pools_exact_search_and_infeasible_groups(monkeypatch):
+    import segmia.data.split as split_module
+
+    # no random order tried: the exact subset-sum search must find a partition
+    monkeypatch.setattr(split_module, "POOL_SEARCH_TRIES", 0)
+    index = _index({"a": 7, "b": 5, "c": 4, "d": 3, "e": 2})
+    sizes = dict(
+        victim_pool=9, shadow_pool=11, train_size=3, val_size=3, mia_size=3, groups="pools"
+    )
+    for seed in range(4):
+        _check_split_counts(make_split(index, sizes, seed), sizes)
+    # 10 + 3: no whole groups give both pools 6 samples
+    with pytest.raises(DataError) as info:
+        make_split(
+            _index({"big": 10, "small": 3}),
+            dict(
+                victim_pool=6, shadow_pool=6, train_size=2, val_size=2, mia_size=2, groups="pools"
+            ),
+            seed=5,
+            where="dataset 'x'",
+        )
+    message = str(info.value)
+    for word in ["dataset 'x'", "seed 5", "victim pool", "at most 3", "6 samples", "ordered"]:
+        assert word in message, message
+
+
+def test_training_candidates_checked_against_the_largest_training_size():
+    index = generate("synthetic_ct", CT)[2]
+    split = make_split(index, SIZES, seed=0)
+    have = {p: int(((split["pool"] == p) & (split["role"] == "train")).sum()) for p in POOLS}
+    make_split(index, SIZES, seed=0, need_train=have)
+    more = have["victim"] + 1
+    with pytest.raises(DataError, match=f"victim pool .* needs {more} .*largest training size"):
+        make_split(index, SIZES, seed=0, need_train={"victim": more})
+    with pytest.raises(DataError, match="shadow pool"):
+        make_split(index, SIZES, seed=0, need_train={"shadow": have["shadow"] + 1})
+    # the exact layouts fill every role, so only sizes that do not add up fall short
+    small = {**SIZES, "groups": "ordered", "victim_pool": 15}
+    with pytest.raises(DataError, match=r"victim pool \(15 samples\) has 2 training candidates"):
+        make_split(index, small, seed=0)
+
+
+def test_synthetic_index_is_the_generators():
+    from segmia.data.synthetic import synthetic_index
+
+    for source, params in (("synthetic_ct", CT), ("synthetic_scenes", SCENES)):
+        index = generate(source, params)[2]
+        assert index.equals(synthetic_index(source, params["groups"], params["group_size"]))

@@ -16,14 +16,15 @@ from segmia.models.private import make_private
 from segmia.models.registry import build_model
 from segmia.models.train import Arrays, Recipe
 from segmia.models.variants import crop_transform, epochs_for, mixup_transform
-from test_models import ARCHS
+from test_models import ARCHS, STANDINS
 
 
-@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("name", [*ARCHS, *STANDINS])
 def test_dp_sgd_trains_every_architecture_one_step(name):
-    """Regression test for Opacus' "BackwardHookFunction is a view and is being modified inplace"."""
+    """Regression test for Opacus' "BackwardHookFunction is a view and is being modified inplace";
+    the depth-3 stand-ins also check that no encoder stage is left without a gradient."""
     torch.manual_seed(0)
-    model = build_model(ARCHS[name], 3, 1, private=True)
+    model = build_model({**ARCHS, **STANDINS}[name], 3, 1, private=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     optimizer = torch.optim.NAdam(model.parameters(), lr=1e-3)
     spec = {"epsilon": 8.5, "delta": 1e-2, "max_grad_norm": 1.0}

@@ -1,6 +1,7 @@
 rule fit_attack:
     input:
         unpack(lambda w: prepared(w.dataset)),
+        unpack(attack_weights),
         logits=lambda w: f"{ROOT}/{model_from(w, role='shadow').query()}/logits.npy",
         samples=lambda w: f"{ROOT}/{model_from(w, role='shadow').query()}/samples.csv",
     output:
@@ -33,10 +34,11 @@ rule fit_attack:
         data=prepared_dir,
         query=lambda w, input: str(Path(input.logits).parent),
         out=lambda w, output: str(Path(output.model).parent),
+        weights=weights_args,
         runtime=RUNTIME,
     shell:
         "python -m segmia fit-attack --shadow-query {params.query} --data {params.data}"
-        " --spec {params.spec:q} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
+        " --spec {params.spec:q} {params.weights} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
 rule eval_attack:

@@ -7,6 +7,8 @@ from pathlib import Path
 from segmia import plan
 from segmia.attacks import names
 from segmia.config import PUBLIC_SOURCES, load_config
+from segmia.data.names import QUERY_POOLS
+from segmia.models.poisoning import TARGETS, TRIGGERS
 from segmia.hardware import gpu_visible
 from segmia.errors import ConfigError
 
@@ -40,7 +42,7 @@ wildcard_constraints:
     release=r"[A-Za-z][A-Za-z0-9_.]*",
     study=r"[A-Za-z][A-Za-z0-9_.]*",
     role=r"victim|shadow|ref\d+",
-    pool="victim|shadow|reference",
+    pool="|".join(QUERY_POOLS),
     attack=r"[a-z0-9_]+",
     size=r"\d+",
     seed=r"\d+",

@@ -2,6 +2,7 @@ rule train:
     input:
         unpack(lambda w: prepared(w.dataset)),
         unpack(teacher_input),
+        unpack(arch_weights),
         split=split_file,
     output:
         model=f"{ROOT}/{plan.MODEL}/model.pt",
@@ -27,10 +28,11 @@ rule train:
             if "teacher" in input.keys()
             else ""
         ),
+        weights=weights_args,
         runtime=RUNTIME,
     shell:
         "python -m segmia train --data {params.data} --split {input.split} --spec {params.spec:q}"
-        " {params.teacher} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
+        " {params.teacher} {params.weights} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
 rule query:
@@ -76,8 +78,8 @@ rule backdoor:
     benchmark:
         f"{ROOT}/benchmarks/backdoor/{plan.BACKDOOR}.tsv"
     wildcard_constraints:
-        trigger="square|line",
-        target="almost_empty|empty",
+        trigger=alternatives(TRIGGERS),
+        target=alternatives(TARGETS),
         tsize=r"\d+",
         tvalue=r"\d+",
     conda:

@@ -40,7 +40,7 @@ rule figure:
     benchmark:
         f"{ROOT}/benchmarks/figure/{{study}}/{{figure}}.tsv"
     wildcard_constraints:
-        figure="|".join(sorted({f for fs in plan.STUDY_FIGURES.values() for f in fs})),
+        figure=alternatives(plan.FIGURES),
     conda:
         ENV
     params:

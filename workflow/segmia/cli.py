@@ -13,7 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
+from .config import DEVICES, PUBLIC_SOURCES, SYNTHETIC_SOURCES
+from .data.names import QUERY_POOLS
 from .errors import SegmiaError
+from .models.poisoning import TARGETS, TRIGGERS
+from .plan import FIGURES
 
 log = logging.getLogger("segmia")
 
@@ -29,7 +33,7 @@ def _json(text: str) -> dict:
 
 
 def _runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
 
@@ -41,6 +45,26 @@ def _study_inputs(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--models", nargs="+", required=True, help="metrics.json of the victims")
     p.add_argument("--backdoors", nargs="*", default=[], help="backdoor results (poisoning)")
+
+
+def _weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="the local pretrained weight file the model starts from, e.g. "
+        "resources/weights/resnet34-333f7ec4.pth (see the fetch-weights step)",
+    )
+    p.add_argument(
+        "--weights-digest",
+        help="sha256:<hex> the file must have (a full digest or a prefix; default: the "
+        "published prefix in its file name)",
+    )
+
+
+def _local_weights(args):
+    from .models.weights import LocalWeights
+
+    return LocalWeights(args.weights, args.weights_digest) if args.weights else None
 
 
 def _device(args):
@@ -75,6 +99,13 @@ def cmd_download(args) -> None:
     log.info("%s: unpacked into %s", args.source, target)
 
 
+def cmd_fetch_weights(args) -> None:
+    from .models.weights import fetch_file
+
+    digest = fetch_file(args.out, args.params)
+    log.info("%s: ready (sha256 %s)", args.out, digest)
+
+
 def cmd_prepare(args) -> None:
     from .data.sources import get_source
 
@@ -82,6 +113,25 @@ def cmd_prepare(args) -> None:
         args.raw, args.params, args.out, args.name or args.source
     )
     log.info("wrote %d %s samples to %s", count, args.source, args.out)
+
+
+def cmd_replica(args) -> None:
+    from .data.replica import write_replica
+
+    for name, digest in write_replica(args.source, args.out, args.seed, **args.params).items():
+        print(f"{args.out / name}  {digest}")
+
+
+def cmd_rehearsal(args) -> None:
+    from .rehearsal import run
+
+    extra = args.snakemake[1:] if args.snakemake[:1] == ["--"] else args.snakemake
+    status = run(Path.cwd(), args.seeds, args.cores, args.port, extra)
+    if status:
+        raise SegmiaError(
+            f"Snakemake stopped with status {status}; its output above names the failed job and "
+            "its log. Fix it and rerun the same command: finished jobs are kept."
+        )
 
 
 def cmd_split(args) -> None:
@@ -101,7 +151,15 @@ def cmd_split(args) -> None:
 def cmd_train(args) -> None:
     from .models.job import train_job
 
-    train_job(args.data, args.split, args.spec, args.out, _device(args), teacher_dir=args.teacher)
+    train_job(
+        args.data,
+        args.split,
+        args.spec,
+        args.out,
+        _device(args),
+        teacher_dir=args.teacher,
+        weights=_local_weights(args),
+    )
 
 
 def cmd_backdoor(args) -> None:
@@ -139,7 +197,9 @@ def cmd_query(args) -> None:
 def cmd_fit_attack(args) -> None:
     from .attacks.job import fit_attack_job
 
-    fit_attack_job(args.shadow_query, args.data, args.spec, args.out, _device(args))
+    fit_attack_job(
+        args.shadow_query, args.data, args.spec, args.out, _device(args), _local_weights(args)
+    )
 
 
 def cmd_eval_attack(args) -> None:
@@ -267,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
 
     s = sub.add_parser("synthesize", help="generate an embedded synthetic dataset")
-    s.add_argument("--source", required=True, choices=["synthetic_ct", "synthetic_scenes"])
+    s.add_argument("--source", required=True, choices=SYNTHETIC_SOURCES)
     s.add_argument(
         "--params", type=_json, required=True, help="the config's synthetic parameters (JSON)"
     )
@@ -275,14 +335,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=cmd_synthesize)
 
-    public = ["liver", "kvasir", "cityscapes"]
     s = sub.add_parser(
         "download",
         help="download (or take the hand-placed archives), verify and unpack a public dataset",
         description="Archives go to RAW/, the unpacked tree to RAW/extracted/. Cityscapes "
         "reads its account from CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD.",
     )
-    s.add_argument("--source", required=True, choices=public)
+    s.add_argument("--source", required=True, choices=PUBLIC_SOURCES)
     s.add_argument("--raw", required=True, type=Path, help="e.g. resources/raw/liver")
     s.add_argument(
         "--params",
@@ -298,15 +357,62 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_download)
 
+    s = sub.add_parser(
+        "fetch-weights",
+        help="download (or take the hand-placed copy of) a pretrained weight file and verify it",
+        description="OUT's file name selects the registered weight file (segmia.models.weights): "
+        "its URL under base_url and its pinned digest.",
+    )
+    s.add_argument(
+        "--out", required=True, type=Path, help="e.g. resources/weights/resnet34-333f7ec4.pth"
+    )
+    s.add_argument(
+        "--params",
+        type=_json,
+        default={},
+        help="the config's weights section (JSON): base_url, checksums, retries, ...",
+    )
+    s.set_defaults(func=cmd_fetch_weights)
+
     s = sub.add_parser("prepare", help="convert an unpacked public dataset to the prepared format")
-    s.add_argument("--source", required=True, choices=public)
+    s.add_argument("--source", required=True, choices=PUBLIC_SOURCES)
     s.add_argument("--raw", required=True, type=Path, help="e.g. resources/raw/liver/extracted")
     s.add_argument("--params", type=_json, default={}, help="the config's prepare section (JSON)")
     s.add_argument("--name", help="dataset name recorded in meta.json")
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("split", help="seeded group-aware pools and roles")
+    s = sub.add_parser(
+        "replica",
+        help="write miniature archives in a public dataset's official format (synthetic "
+        "contents) and print their MD5s, for download.checksums",
+    )
+    s.add_argument("--source", required=True, choices=PUBLIC_SOURCES)
+    s.add_argument("--out", required=True, type=Path, help="e.g. resources/raw/liver")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--params",
+        type=_json,
+        default={},
+        help='size options (JSON): liver {"size": 32}, kvasir {"min_side": 40, "max_side": '
+        '96}, cityscapes {"width": 64, "height": 32, "test_per_city": 2, "extras": true}',
+    )
+    s.set_defaults(func=cmd_replica)
+
+    s = sub.add_parser(
+        "rehearsal",
+        help="the paper config's studies on replica datasets, affordable on a CPU "
+        "(config/config.yaml + config/rehearsal.yaml; run from the repository root)",
+    )
+    s.add_argument("--seeds", type=int, nargs="+", help="default: the paper config's seeds")
+    s.add_argument("--cores", default="all")
+    s.add_argument("--port", type=int, default=0, help="serve fixture weights here (0: any)")
+    s.add_argument(
+        "snakemake", nargs=argparse.REMAINDER, help="after --: more Snakemake arguments, e.g. -n"
+    )
+    s.set_defaults(func=cmd_rehearsal)
+
+    s = sub.add_parser("split", help="seeded pools and roles (split.groups: the membership unit)")
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--params", type=_json, required=True, help="the dataset's split sizes (JSON)")
     s.add_argument("--seed", type=int, required=True)
@@ -319,6 +425,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", type=_json, required=True, help="model spec (JSON or @file)")
     s.add_argument("--teacher", type=Path, help="distillation: the teacher's model directory")
     s.add_argument("--out", required=True, type=Path)
+    _weights(s)
     _runtime(s)
     s.set_defaults(func=cmd_train)
 
@@ -331,7 +438,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--pool",
         required=True,
-        choices=["victim", "shadow", "reference"],
+        choices=QUERY_POOLS,
         help="query set: a pool's MIA set, or the reference universe",
     )
     s.add_argument("--train-size", type=int, required=True)
@@ -347,10 +454,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--split", required=True, type=Path)
-    s.add_argument("--trigger", required=True, choices=["square", "line"])
+    s.add_argument("--trigger", required=True, choices=TRIGGERS)
     s.add_argument("--size", type=int, required=True)
     s.add_argument("--value", type=int, required=True)
-    s.add_argument("--target", required=True, choices=["almost_empty", "empty"])
+    s.add_argument("--target", required=True, choices=TARGETS)
     s.add_argument("--out", required=True, type=Path)
     _runtime(s)
     s.set_defaults(func=cmd_backdoor)
@@ -360,6 +467,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--out", required=True, type=Path)
+    _weights(s)
     _runtime(s)
     s.set_defaults(func=cmd_fit_attack)
 
@@ -420,7 +528,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_table)
 
     s = sub.add_parser("figure", help="a study's figure (PNG)")
-    s.add_argument("kind", choices=["heatmap", "roc", "privacy_utility", "epsilon", "poisoning"])
+    s.add_argument("kind", choices=FIGURES)
     s.add_argument("--study", required=True)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--dpi", type=int, default=150)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from functools import cache
 from pathlib import Path
 
 import yaml
 
 from .attacks.names import REFERENCE
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .models.weights import check_config as check_weights
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -23,6 +25,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 SYNTHETIC_SOURCES = ("synthetic_ct", "synthetic_scenes")
 #: public datasets: downloaded into {resources}/raw/<source>/, then prepared
 PUBLIC_SOURCES = ("liver", "kvasir", "cityscapes")
+#: values of ``device`` (and ``--device`` of the steps): auto = CUDA when present
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @cache
@@ -78,6 +82,17 @@ def _resolve(subschema: dict) -> dict:
     return subschema
 
 
+def _replacements(subschema: dict, extra: list) -> str:
+    """'; <key> replaces <old>: <its description>' for a former key a schema key says it replaces."""
+    hints = []
+    for old in extra:
+        for name, prop in subschema.get("properties", {}).items():
+            text = " ".join(str(prop.get("description", "")).split())
+            if re.search(rf"\breplaces the former (\w+ )?{re.escape(str(old))}\b", text):
+                hints.append(f"; '{name}' replaces the former {old!r}: {text}")
+    return "".join(hints)
+
+
 def _describe(error) -> str:
     """One sentence for a jsonschema error, naming the key and what is allowed."""
     key = _dotted(error.absolute_path)
@@ -94,6 +109,7 @@ def _describe(error) -> str:
         where = f"under '{key}'" if error.absolute_path else "at the top level"
         return (
             f"unknown key(s) {', '.join(repr(x) for x in extra)} {where}; allowed keys: {allowed}"
+            + _replacements(_resolve(error.schema), extra)
         )
     if kind == "required" and not error.absolute_path:
         return f"the top level is missing the required key {error.message.split(' ')[0]}"
@@ -212,6 +228,12 @@ def _check_references(config: dict, raw: dict) -> None:
             raise ConfigError(
                 f"Invalid configuration: '{where}' (family smp_unet) needs 'encoder', an smp "
                 "encoder name such as resnet34, mobilenet_v2 or vgg11."
+            )
+        depth, decoder = arch.get("encoder_depth", 5), arch.get("decoder_channels")
+        if arch["family"] == "smp_unet" and decoder and len(decoder) != depth:
+            raise ConfigError(
+                f"Invalid configuration: '{where}.decoder_channels' has {len(decoder)} entries, "
+                f"but the decoder has one block per encoder stage: encoder_depth is {depth}."
             )
         if arch["family"] == "monai_unet":
             channels, strides = arch.get("channels"), arch.get("strides")
@@ -443,6 +465,108 @@ def _check_shared_downloads(config: dict) -> None:
         first.setdefault(ds["source"], (name, ds["download"]))
 
 
+def training_needs(config: dict, name: str) -> dict[str, int]:
+    """Training candidates each pool of dataset ``name`` must offer (pool -> count).
+
+    Both pools: the largest training size of the dataset's models (``split.train_size``, the
+    studies' ``train_size``, a ``training_sizes`` study's ``sizes``; victim and shadow train on the
+    same N). The victim's pool one more than N for a distilled victim (its reference set is the
+    candidates ranked after N, ``models/distill.py``); the attacker's pool the 2N - 2 min(mia_size,
+    N) filler of the reference universe of a study with reference attacks
+    (``split.reference_universe``; the reference models train on that universe, not on a pool).
+    """
+    split = config["datasets"][name]["split"]
+    largest, victim, shadow = split["train_size"], 0, 0
+    for study in config["studies"].values():
+        if study["dataset"] != name:
+            continue
+        n = study.get("train_size") or split["train_size"]
+        largest = max(largest, n, *study.get("sizes", []))
+        defences = [config["defences"].get(d, {}) for d in study.get("defences", [])]
+        if any(d.get("type") == "distillation" for d in defences):
+            victim = max(victim, n + 1)
+        if set(study["attacks"]) & set(REFERENCE):
+            shadow = max(shadow, 2 * n - 2 * min(split["mia_size"], n))
+    return {"victim": max(largest, victim), "shadow": max(largest, shadow)}
+
+
+def split_index(config: dict, name: str):
+    """(index with columns sample_id and group, what it is) the split of dataset ``name`` will
+    see, or None where that is unknown before the data are prepared (liver)."""
+    import pandas as pd
+
+    ds = config["datasets"][name]
+    source = ds["source"]
+    if source in SYNTHETIC_SOURCES:  # exact from the config (a prepared copy may be stale)
+        from .data.synthetic import synthetic_index
+
+        syn = ds["synthetic"]
+        if syn["groups"] * syn["group_size"] > CHECKED_SAMPLES:
+            return None
+        return synthetic_index(source, syn["groups"], syn["group_size"]), "its synthetic groups"
+    prepared = Path(config["resources"]) / "prepared" / name
+    index = _prepared_index(prepared, ds)
+    if index is not None:
+        return index, f"the prepared index {prepared / 'index.csv'}"
+    if source == "cityscapes":
+        from .data.sources.cityscapes import TRAIN_CITY_SIZES
+
+        rows = [(f"{c}_{i:06d}", c) for c, k in TRAIN_CITY_SIZES.items() for i in range(k)]
+        what = f"the {len(TRAIN_CITY_SIZES)} cities of the Cityscapes train split"
+        return pd.DataFrame(rows, columns=["sample_id", "group"]), what
+    if source == "kvasir":
+        from .data.sources.kvasir import IMAGES
+
+        ids = [f"image{i:04d}" for i in range(IMAGES)]
+        return pd.DataFrame({"sample_id": ids, "group": ids}), f"Kvasir-SEG's {IMAGES} images"
+    return None
+
+
+def _prepared_index(prepared: Path, ds: dict):
+    """The prepared index.csv, unless missing, unreadable or prepared with other settings (the
+    prepare job would then rebuild it)."""
+    import json
+
+    import pandas as pd
+
+    try:
+        meta = json.loads((prepared / "meta.json").read_text())
+        index = pd.read_csv(prepared / "index.csv", dtype=str, usecols=["sample_id", "group"])
+    except (OSError, ValueError, KeyError):
+        return None
+    done, wanted = meta.get("prepare") or {}, ds.get("prepare") or {}
+    if any(done[k] != wanted[k] for k in set(done) & set(wanted)) or index.isna().any().any():
+        return None
+    return index
+
+
+#: datasets of more samples are not split by the config check (it runs on every invocation)
+CHECKED_SAMPLES = 100_000
+
+
+def _check_splits(config: dict) -> None:
+    """Every dataset's split fits every role for every seed a study uses, before any job runs:
+    :func:`segmia.data.split.make_split` on the index the split job will see (or one with the
+    same group sizes); skipped where the group sizes are unknown before preparation (liver)."""
+    from .data.split import make_split
+
+    for name, ds in config["datasets"].items():
+        studies = [s for s in config["studies"].values() if s["dataset"] == name]
+        seeds = sorted({seed for s in studies for seed in study_seeds(config, s)})
+        found = split_index(config, name) if seeds else None
+        if found is None or len(found[0]) > CHECKED_SAMPLES:
+            continue
+        index, what = found
+        need = training_needs(config, name)
+        for seed in seeds:
+            try:
+                make_split(index, ds["split"], seed, where=f"dataset {name!r}", need_train=need)
+            except DataError as err:
+                raise ConfigError(
+                    f"Invalid configuration: {err} (Checked on {what}; no job was started.)"
+                ) from None
+
+
 def _resolve_training(config: dict, raw: dict) -> None:
     """datasets.<d>.training = top-level training recipe, overridden by the keys set for <d>."""
     for name, ds in config["datasets"].items():
@@ -461,9 +585,11 @@ def load_config(config: dict) -> dict:
     resolved = validate_schema(raw)
     _check_references(resolved, raw)
     _check_shared_downloads(resolved)
+    check_weights(resolved)
     _resolve_training(resolved, raw)
     resolved["results"] = resolved["results"].rstrip("/")
     resolved["resources"] = resolved["resources"].rstrip("/")
+    _check_splits(resolved)
     return resolved
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .attacks import names
 from .config import RELEASE_DEFENCES, study_seeds
+from .data.names import REFERENCE_POOL
 
 SPLIT = "{dataset}/splits/s{seed}.csv"
 MODEL = "{dataset}/models/{role}/{arch}/{variant}/n{size}_s{seed}"
@@ -36,6 +37,8 @@ STUDY_FIGURES = {
     "attack_comparison": ("roc",),
     "training_sizes": ("training_size", "roc"),
 }
+#: every figure kind a study can render (the ``segmia figure`` choices)
+FIGURES = tuple(sorted({f for figures in STUDY_FIGURES.values() for f in figures}))
 #: the single table of the study types that have one (architectures: one per attack)
 STUDY_TABLES = {
     "defences": "defences",
@@ -60,7 +63,7 @@ class Model:
         """The split pool the model trains on: the victim's, the attacker's (shadow), or for a
         reference model (role ``ref<k>``) the reference universe (see ``split.reference_universe``)."""
         if self.role.startswith("ref"):
-            return "reference"
+            return REFERENCE_POOL
         return "victim" if self.role == "victim" else "shadow"
 
     def path(self) -> str:

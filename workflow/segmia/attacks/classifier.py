@@ -1,7 +1,7 @@
 """Learned attack classifiers (Type-I / Type-II) and their resumable training.
 
 ``resnet34`` / ``resnet18``: the study's torchvision ResNet with a 1x1 convolution mapping the
-input channels to 3 and a single-logit head (optionally ImageNet weights). ``small_cnn``: three
+input channels to 3 and a single-logit head (optionally ImageNet weights, from a local file). ``small_cnn``: three
 conv-BN-ReLU-pool stages and a linear head, for CPU runs.
 The classifier outputs a logit; the membership score is its sigmoid.
 
@@ -66,24 +66,26 @@ class SmallCNN(nn.Module):
 
 
 class ResNetAttack(nn.Module):
-    def __init__(self, in_channels: int, depth: int = 34, pretrained: bool = False):
+    """``weights``: the local file of the ImageNet weights (``attack.pretrained``; see
+    :mod:`segmia.models.weights`), loaded into the torchvision ResNet before its head is
+    replaced; without it the ResNet starts at random (or a fitted state dict is loaded next).
+    Nothing is ever downloaded."""
+
+    def __init__(self, in_channels: int, depth: int = 34, weights=None):
         super().__init__()
         from torchvision import models
 
-        build = {34: models.resnet34, 18: models.resnet18}[depth]
-        weights = (
-            {34: models.ResNet34_Weights, 18: models.ResNet18_Weights}[depth].IMAGENET1K_V1
-            if pretrained
-            else None
-        )
-        try:
-            net = build(weights=weights)
-        except Exception as err:  # no internet, no cache
-            raise SegmiaError(
-                f"could not load ImageNet weights for the ResNet-{depth} attack classifier "
-                f"({str(err).splitlines()[0][:200]}). Download them once on a machine with "
-                "internet access (cached under $TORCH_HOME) or set attack.pretrained: false."
-            ) from None
+        from ..models.weights import HEADS, load_into
+
+        net = {34: models.resnet34, 18: models.resnet18}[depth](weights=None)
+        if weights is not None:
+            load_into(
+                net,
+                weights.load(),
+                weights.path,
+                f"the ResNet-{depth} attack classifier",
+                ignore=HEADS,  # the 1000-class head is replaced below
+            )
         net.fc = nn.Linear(net.fc.in_features, 1)
         net.avgpool = GlobalMeanPool()
         self.adapt = nn.Conv2d(in_channels, 3, kernel_size=1)
@@ -93,12 +95,16 @@ class ResNetAttack(nn.Module):
         return self.net(self.adapt(x)).squeeze(1)
 
 
-def build_classifier(recipe: dict, in_channels: int) -> nn.Module:
+def build_classifier(recipe: dict, in_channels: int, weights=None) -> nn.Module:
+    """The recipe's classifier; ``weights``: the local ImageNet weight file of a pretrained ResNet
+    (``models.weights.attack_file(recipe)``; a fitting job must pass it, see ``job.fit_attack_job``)."""
     name = recipe["classifier"]
     if name == "small_cnn":
+        if weights is not None:
+            raise SegmiaError("the small_cnn attack classifier takes no pretrained weights")
         return SmallCNN(in_channels, recipe.get("width", 16))
     depth = {"resnet34": 34, "resnet18": 18}[name]
-    return ResNetAttack(in_channels, depth, recipe.get("pretrained", False))
+    return ResNetAttack(in_channels, depth, weights)
 
 
 InputFn = Callable[[QuerySet, np.ndarray, int | None], tuple[torch.Tensor, ...]]
@@ -244,10 +250,12 @@ def fit_classifier(
     spec: dict,
     device: torch.device,
     in_channels: int,
+    weights=None,
 ):
-    """Train a Type-I/II classifier on the shadow's MIA set; return (model, snapshots, rows)."""
+    """Train a Type-I/II classifier on the shadow's MIA set; return (model, snapshots, rows).
+    ``weights``: the local ImageNet weight file of a pretrained ResNet (see ``build_classifier``)."""
     torch.manual_seed(seed)
-    model = build_classifier(recipe, in_channels).to(device)
+    model = build_classifier(recipe, in_channels, weights).to(device)
     inputs = learned_inputs(kind, release_spec, device)
     return train_attack(model, query, inputs, recipe, seed, out_dir, spec, device, f"attack {kind}")
 

@@ -32,6 +32,7 @@ import torch
 
 from ..io import read_csv, read_json, read_torch, write_csv, write_json, write_torch
 from ..models.losses import per_image_dice_loss
+from ..models.weights import attack_file, require
 from ..runtime import Checkpoint, stable_seed
 from .classifier import build_classifier, learned_inputs, score_attack, train_attack, with_weights
 from .features import feature_channels
@@ -52,19 +53,21 @@ def _learned(
     release_spec: dict,
     seed: int,
     device: torch.device,
+    weights=None,
 ):
-    """(attack model, input builder) of a learned attack for maps of ``shape`` (N, C, H, W)."""
+    """(attack model, input builder) of a learned attack for maps of ``shape`` (N, C, H, W);
+    ``weights``: the classifier's local ImageNet weight file, when fitting a pretrained one."""
     if kind in LOSS_MAP_PARTS:
         from .loss_map import build_loss_map_attack, loss_map_channels, loss_map_inputs
 
         parts = LOSS_MAP_PARTS[kind]
         model = build_loss_map_attack(
-            recipe, loss_map_channels(parts, shape[1]), tuple(shape[2:])
+            recipe, loss_map_channels(parts, shape[1]), tuple(shape[2:]), weights
         ).to(device)
         return model, loss_map_inputs(
             model, parts, release_spec, seed, device, float(recipe.get("loss_floor", 1e-6))
         )
-    model = build_classifier(recipe, feature_channels(kind, shape[1])).to(device)
+    model = build_classifier(recipe, feature_channels(kind, shape[1]), weights).to(device)
     return model, learned_inputs(kind, release_spec, device)
 
 
@@ -74,14 +77,20 @@ def fit_attack_job(
     spec: dict,
     out_dir: str | Path,
     device: torch.device,
+    weights=None,
 ) -> None:
-    """Train the learned attack ``spec['attack']`` on the shadow model's MIA set."""
+    """Train the learned attack ``spec['attack']`` on the shadow model's MIA set; ``weights``:
+    the local ImageNet weight file of a pretrained ResNet classifier (required then)."""
+
     out_dir = Path(out_dir)
     query = QuerySet(shadow_query, data_dir)
     kind, recipe = spec["attack"], spec["recipe"]
+    require(attack_file(recipe), weights, "the attack classifier")
     seed = stable_seed("attack", spec["shadow"], kind, spec["release_name"])
     torch.manual_seed(seed)
-    model, inputs = _learned(kind, recipe, query.logits.shape, spec["release"], seed, device)
+    model, inputs = _learned(
+        kind, recipe, query.logits.shape, spec["release"], seed, device, weights
+    )
     model, snapshots, rows = train_attack(
         model, query, inputs, recipe, seed, out_dir, spec, device, f"attack {kind}"
     )

@@ -156,16 +156,17 @@ class LossMapAttack(nn.Module):
 
 
 def build_loss_map_attack(
-    recipe: dict, in_channels: int, image_hw: tuple[int, int]
+    recipe: dict, in_channels: int, image_hw: tuple[int, int], weights=None
 ) -> LossMapAttack:
-    """The attack for maps of size ``image_hw`` under ``recipe`` (patch size fixed here)."""
+    """The attack for maps of size ``image_hw`` under ``recipe`` (patch size fixed here);
+    ``weights``: the classifier's local ImageNet weight file (see ``build_classifier``)."""
     patch_hw = patch_shape(
         image_hw, recipe.get("patch"), recipe.get("patch_fraction", PATCH_FRACTION)
     )
     num_patches = int(recipe.get("num_patches", NUM_PATCHES))
     if num_patches < 1:
         raise ValueError(f"num_patches must be at least 1, got {num_patches}")
-    return LossMapAttack(build_classifier(recipe, in_channels), patch_hw, num_patches)
+    return LossMapAttack(build_classifier(recipe, in_channels, weights), patch_hw, num_patches)
 
 
 def loss_map_inputs(

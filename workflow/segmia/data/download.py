@@ -72,20 +72,31 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-def parse_checksum(text: str, where: str = "checksum") -> tuple[str, str]:
-    """``"md5:<hex>"`` or ``"sha256:<hex>"`` -> (algorithm, lower-case hex)."""
+#: the fewest hex digits of a sha256 prefix (torch.hub's ``hash_prefix`` convention)
+MIN_PREFIX = 8
+
+
+def parse_checksum(text: str, where: str = "checksum", prefix: bool = False) -> tuple[str, str]:
+    """``"md5:<hex>"`` or ``"sha256:<hex>"`` -> (algorithm, lower-case hex).
+
+    With ``prefix``, a sha256 may also be given by its first 8 or more hex digits (torch.hub's
+    ``hash_prefix``: the digits after the last '-' of a checkpoint's file name); :func:`verify`
+    then compares it as a prefix.
+    """
     algo, sep, digest = str(text).partition(":")
     algo, digest = algo.strip().lower(), digest.strip().lower()
     size = {"md5": 32, "sha256": 64}.get(algo)
+    short = prefix and algo == "sha256" and size is not None and MIN_PREFIX <= len(digest) < size
     if (
         not sep
         or size is None
-        or len(digest) != size
+        or (len(digest) != size and not short)
         or any(c not in "0123456789abcdef" for c in digest)
     ):
         raise DataError(
             f"{where}: {text!r} is not a checksum; write it as md5:<32 hex digits> or "
-            "sha256:<64 hex digits>."
+            "sha256:<64 hex digits>"
+            + (f" (or the first {MIN_PREFIX}+ hex digits of the sha256)." if prefix else ".")
         )
     return algo, digest
 
@@ -160,7 +171,16 @@ def verify(digests: dict[str, str], expected: tuple[str, str] | None) -> bool:
     if expected is None:
         return True
     algo, value = expected
+    if len(value) < len(digests[algo]):  # a sha256 prefix (parse_checksum(..., prefix=True))
+        return len(value) >= MIN_PREFIX and digests[algo].startswith(value)
     return digests[algo] == value
+
+
+def describe(expected: tuple[str, str]) -> str:
+    """How an expected digest reads in a message: the value, or 'a sha256 starting with ...'."""
+    algo, value = expected
+    full = {"md5": 32, "sha256": 64}.get(algo)
+    return value if len(value) == full else f"a {algo} starting with {value}"
 
 
 # --- HTTP -----------------------------------------------------------------------------------------
@@ -294,12 +314,12 @@ def fetch(
         )
     digests = file_digests(part)
     if not verify(digests, expected):
-        algo, value = expected
+        algo = expected[0]
         part.unlink(missing_ok=True)
         raise DownloadError(
             f"{shown}: checksum mismatch, {algo} of the download is {digests[algo]} but "
-            f"{value} was expected (the file is corrupt, cut short or a different version); the "
-            "partial file was deleted"
+            f"{describe(expected)} was expected (the file is corrupt, cut short or a different "
+            "version); the partial file was deleted"
         )
     os.replace(part, dest)
     log.info(

@@ -19,6 +19,22 @@ import numpy as np
 import pandas as pd
 
 IGNORE_INDEX = 255
+#: (sample id, group id) formats of each generator's index rows: sample s of group g
+NAMES = {
+    "synthetic_ct": ("ct{g:04d}_s{s:03d}", "patient{g:04d}"),
+    "synthetic_scenes": ("scene{g:04d}_{s:03d}", "sequence{g:04d}"),
+}
+
+
+def synthetic_index(source: str, groups: int, group_size: int) -> pd.DataFrame:
+    """The index (sample_id, group) of a synthetic dataset, without generating its images."""
+    sample, group = NAMES[source]
+    rows = [
+        (sample.format(g=g, s=s), group.format(g=g))
+        for g in range(groups)
+        for s in range(group_size)
+    ]
+    return pd.DataFrame(rows, columns=["sample_id", "group"])
 
 
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +51,6 @@ def synthetic_ct(groups: int, group_size: int, height: int, width: int, noise: f
     yy, xx = _grid(height, width)
     images = np.empty((groups * group_size, 1, height, width), dtype=np.uint8)
     masks = np.empty((groups * group_size, height, width), dtype=np.uint8)
-    rows = []
     for g in range(groups):
         rng = np.random.default_rng([seed, g])
         organ_c = rng.uniform(0.35, 0.65, size=2)
@@ -80,8 +95,7 @@ def synthetic_ct(groups: int, group_size: int, height: int, width: int, noise: f
             i = g * group_size + s
             images[i, 0] = _to_uint8(image)
             masks[i] = label.astype(np.uint8)
-            rows.append((f"ct{g:04d}_s{s:03d}", f"patient{g:04d}"))
-    index = pd.DataFrame(rows, columns=["sample_id", "group"])
+    index = synthetic_index("synthetic_ct", groups, group_size)
     meta = {
         "name": "synthetic_ct",
         "source": "synthetic_ct",
@@ -98,7 +112,6 @@ def synthetic_scenes(
     yy, xx = _grid(height, width)
     images = np.empty((groups * group_size, 3, height, width), dtype=np.uint8)
     masks = np.empty((groups * group_size, height, width), dtype=np.uint8)
-    rows = []
     hood = yy >= 0.875
     for g in range(groups):
         rng = np.random.default_rng([seed, 1000 + g])
@@ -136,8 +149,7 @@ def synthetic_scenes(
             i = g * group_size + s
             images[i] = _to_uint8(image)
             masks[i] = label
-            rows.append((f"scene{g:04d}_{s:03d}", f"sequence{g:04d}"))
-    index = pd.DataFrame(rows, columns=["sample_id", "group"])
+    index = synthetic_index("synthetic_scenes", groups, group_size)
     meta = {
         "name": "synthetic_scenes",
         "source": "synthetic_scenes",

@@ -22,6 +22,7 @@ from ..runtime import Checkpoint, stable_seed
 from .registry import build_model
 from .train import Arrays, Extras, Recipe, Task, fit
 from .variants import batch_transform, epochs_for
+from .weights import LocalWeights, arch_file, require
 
 log = logging.getLogger("segmia")
 
@@ -72,9 +73,13 @@ def train_job(
     out_dir: str | Path,
     device: torch.device,
     teacher_dir: str | Path | None = None,
+    weights: LocalWeights | None = None,
 ) -> dict:
-    """Train the model described by ``spec`` (a training variant included) into ``out_dir``."""
+    """Train the model described by ``spec`` (a training variant included) into ``out_dir``;
+    ``weights``: the local file of its encoder's pretrained weights (required when the
+    architecture has ``encoder_weights``; never downloaded)."""
     out_dir = Path(out_dir)
+    require(arch_file(spec["arch"]), weights, f"architecture {spec['arch_name']!r}")
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
     pool, variant = spec["pool"], spec["variant"]
@@ -118,7 +123,11 @@ def train_job(
     seed = model_seed(spec)
     torch.manual_seed(seed)
     model = build_model(
-        spec["arch"], data.channels, data.out_channels, private=variant["type"] == "dp"
+        spec["arch"],
+        data.channels,
+        data.out_channels,
+        private=variant["type"] == "dp",
+        weights=weights,
     )
     log.info(
         "training %s/%s %s (%s) on %d samples (validation %d), %d epochs, device %s",
@@ -187,7 +196,8 @@ def train_job(
 
 
 def load_model(model_dir: str | Path, in_channels: int, out_channels: int, device: torch.device):
-    """Rebuild a trained model from its directory (``spec.json`` + ``model.pt``)."""
+    """Rebuild a trained model from its directory (``spec.json`` + ``model.pt``; no pretrained
+    weight file is needed: the state dict replaces the initial weights)."""
     model_dir = Path(model_dir)
     spec = read_json(model_dir / "spec.json")
     model = build_model(

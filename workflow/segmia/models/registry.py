@@ -10,16 +10,34 @@ import torch
 from torch import nn
 
 from ..errors import SegmiaError
+from .weights import HEADS, LocalWeights, WeightsError, arch_file, load_into
 
 FAMILIES = ("smp_unet", "monai_unet")
 
 
 def build_model(
-    arch: dict, in_channels: int, out_channels: int, private: bool = False
+    arch: dict,
+    in_channels: int,
+    out_channels: int,
+    private: bool = False,
+    weights: LocalWeights | None = None,
 ) -> nn.Module:
+    """The architecture ``arch`` (a config entry) for ``in_channels`` -> ``out_channels``.
+
+    ``weights``: the local file of the encoder's pretrained weights (``arch['encoder_weights']``;
+    see :mod:`.weights`), loaded before the model is made private. Without it such an encoder is
+    initialised at random: right for rebuilding a trained model whose state dict is loaded next,
+    while a training job must pass it (``train_job`` checks). Nothing is ever downloaded.
+    """
     family = arch["family"]
+    if weights is not None and arch_file(arch) is None:
+        raise WeightsError(
+            f"weights {weights.path} were given, but the architecture ({family}, encoder "
+            f"{arch.get('encoder')!r}, encoder_weights {arch.get('encoder_weights')!r}) starts "
+            "from no pretrained weights; drop --weights."
+        )
     if family == "smp_unet":
-        model = _smp_unet(arch, in_channels, out_channels)
+        model = _smp_unet(arch, in_channels, out_channels, weights)
     elif family == "monai_unet":
         from monai.networks.nets.unet import UNet
 
@@ -37,15 +55,27 @@ def build_model(
     return make_private_compatible(model) if private else model
 
 
-def _smp_unet(arch: dict, in_channels: int, out_channels: int) -> nn.Module:
+#: smp's U-Net decoder channels (its first ``encoder_depth`` entries are the default)
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def _smp_unet(
+    arch: dict, in_channels: int, out_channels: int, weights: LocalWeights | None = None
+) -> nn.Module:
+    """smp's U-Net, built without downloading: with ``weights``, the encoder is built for 3 input
+    channels, loads the torchvision state dict and then adapts its first convolution to
+    ``in_channels`` the way smp does for pretrained encoders (``set_in_channels``)."""
     import segmentation_models_pytorch as smp
 
-    weights = arch.get("encoder_weights")
+    depth = int(arch.get("encoder_depth", 5))
+    decoder = tuple(arch.get("decoder_channels") or DECODER_CHANNELS[:depth])
     try:
-        return smp.Unet(
+        model = smp.Unet(
             encoder_name=arch["encoder"],
-            encoder_weights=weights,
-            in_channels=in_channels,
+            encoder_depth=depth,
+            encoder_weights=None,
+            decoder_channels=decoder,
+            in_channels=3 if weights is not None else in_channels,
             classes=out_channels,
         )
     except KeyError as err:
@@ -53,15 +83,47 @@ def _smp_unet(arch: dict, in_channels: int, out_channels: int) -> nn.Module:
             f"smp has no encoder {arch['encoder']!r} ({err}); see "
             "segmentation_models_pytorch.encoders.get_encoder_names() for the list."
         ) from None
-    except (OSError, RuntimeError, ValueError) as err:
-        if weights is None:
-            raise
-        raise SegmiaError(
-            f"could not load the {weights!r} weights of encoder {arch['encoder']!r} "
-            f"({str(err).splitlines()[0][:200]}). Pretrained weights are downloaded on first use: "
-            "run once on a machine with internet access (they are cached under $TORCH_HOME or "
-            "$HF_HOME), or set encoder_weights: null in the architecture's config."
-        ) from None
+    removed = prune_encoder(model.encoder, depth)
+    if weights is not None:
+        state = weights.load()
+        load_into(
+            model.encoder,
+            state,
+            weights.path,
+            f"the smp encoder {arch['encoder']} (encoder_depth {depth})",
+            ignore=HEADS + removed,
+        )
+        model.encoder.set_in_channels(in_channels, pretrained=True)
+    return model
+
+
+def prune_encoder(encoder: nn.Module, depth: int) -> tuple[str, ...]:
+    """Delete the stages an smp encoder built with ``depth`` < 5 never runs; return their
+    state-dict key prefixes.
+
+    smp builds every stage whatever ``encoder_depth`` says; unused ones would hold random weights
+    in every checkpoint, and Opacus (DP-SGD) fails on parameters that get no gradient. Known:
+    smp's ResNet, MobileNetV2 and VGG encoders; others are left as they are.
+    """
+    from segmentation_models_pytorch.encoders.mobilenet import MobileNetV2Encoder
+    from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
+    from segmentation_models_pytorch.encoders.vgg import VGGEncoder
+
+    if depth >= 5:
+        return ()
+    if isinstance(encoder, ResNetEncoder):  # stages: conv1, layer1, layer2, layer3, layer4
+        removed = [f"layer{k}" for k in range(depth, 5)]
+        for name in removed:
+            delattr(encoder, name)
+        return tuple(f"{name}." for name in removed)
+    if isinstance(encoder, MobileNetV2Encoder | VGGEncoder):
+        # the last module whose output the decoder sees (VGG's first feature is a stage's output)
+        offset = depth - 1 if isinstance(encoder, MobileNetV2Encoder) else depth
+        keep = encoder._out_indexes[offset] + 1
+        removed = list(encoder.features._modules)[keep:]
+        encoder.features = encoder.features[:keep]
+        return tuple(f"features.{name}." for name in removed)
+    return ()
 
 
 class _OutOfPlaceBasicBlock(nn.Module):

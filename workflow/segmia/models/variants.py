@@ -22,6 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .poisoning import TARGETS, TRIGGERS
+
 BatchTransform = Callable[
     [torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]
 ]
@@ -62,7 +64,7 @@ def trigger_region(shape: tuple[int, int], trigger: str, size: int) -> tuple[sli
         return slice(h - size, h), slice(w - size, w)
     if trigger == "line":
         return slice(h - size, h), slice(0, w)
-    raise ValueError(f"unknown trigger {trigger!r}")
+    raise ValueError(f"unknown trigger {trigger!r}; known: {', '.join(TRIGGERS)}")
 
 
 def apply_trigger(x: torch.Tensor, trigger: str, size: int, value: int) -> torch.Tensor:
@@ -74,6 +76,8 @@ def apply_trigger(x: torch.Tensor, trigger: str, size: int, value: int) -> torch
 
 def poison_target(like: torch.Tensor, target: str) -> torch.Tensor:
     """The poisoned mask for masks shaped like ``like`` (N x H x W)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown poison target {target!r}; known: {', '.join(TARGETS)}")
     out = torch.zeros_like(like)
     if target == "almost_empty":
         out[..., 0, 0] = 1

@@ -80,6 +80,36 @@ CLASSES = [
 ]
 MAX_LABEL_ID = 33
 IMAGE_SUFFIX, LABEL_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
+#: finely annotated images per city of the official splits (leftImg8bit/gtFine_trainvaltest)
+TRAIN_CITY_SIZES = {
+    "aachen": 174,
+    "bochum": 96,
+    "bremen": 316,
+    "cologne": 154,
+    "darmstadt": 85,
+    "dusseldorf": 221,
+    "erfurt": 109,
+    "hamburg": 248,
+    "hanover": 196,
+    "jena": 119,
+    "krefeld": 99,
+    "monchengladbach": 94,
+    "strasbourg": 365,
+    "stuttgart": 196,
+    "tubingen": 144,
+    "ulm": 95,
+    "weimar": 142,
+    "zurich": 122,
+}  # 2975 images, 18 cities: the only split preparation reads (group id = city)
+VAL_CITY_SIZES = {"frankfurt": 267, "lindau": 59, "munster": 174}  # 500
+TEST_CITY_SIZES = {
+    "berlin": 544,
+    "bielefeld": 181,
+    "bonn": 46,
+    "leverkusen": 58,
+    "mainz": 298,
+    "munich": 398,
+}  # 1525, labels withheld
 
 
 def lookup(void: str = "ignore") -> np.ndarray:

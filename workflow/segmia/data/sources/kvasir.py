@@ -25,6 +25,9 @@ log = logging.getLogger("segmia")
 
 DEFAULTS = {"height": 256, "width": 256, "channel_order": "rgb", "binarize": "half"}
 SUFFIXES = {".jpg", ".jpeg", ".png"}
+#: images of Kvasir-SEG, each its own group (the config check sizes the split with it before
+#: the data are prepared)
+IMAGES = 1000
 
 
 def find_root(raw: str | Path) -> Path:

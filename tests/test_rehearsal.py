@@ -1,0 +1,109 @@
+"""The rehearsal: the paper config's own studies on replica datasets, affordable on a CPU.
+
+The overlay may change only resolution, the architectures' size, epochs and where weights come
+from; everything else (studies, datasets, split sizes, training sizes, seeds, defences, attacks,
+reference-model counts) is the paper config's. The slow test runs the one-seed rehearsal end to
+end (every study type, every table and figure) through the real download, prepare and split.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+import pandas as pd
+import pytest
+from conftest import REPO, load_yaml, run_snakemake
+from segmia import plan
+from segmia.config import load_config
+from segmia.rehearsal import OVERLAY, PAPER, merged_config, run
+
+#: what the overlay may set (dotted paths, fnmatch patterns)
+AFFORDABLE = (
+    "results",
+    "resources",
+    "training.epochs",
+    "attack.epochs",
+    "attack.last_k",
+    "datasets.*.prepare.height",
+    "datasets.*.prepare.width",
+    "architectures.*.encoder_depth",
+    "architectures.*.decoder_channels",
+)
+
+
+def leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def test_the_overlay_changes_only_what_makes_the_run_affordable():
+    overlay = load_yaml(REPO / OVERLAY)
+    touched = [path for path, _ in leaves(overlay)]
+    assert touched
+    for path in touched:
+        assert any(fnmatch.fnmatchcase(path, p) for p in AFFORDABLE), path
+    paper, rehearsal = load_yaml(REPO / PAPER), merged_config(REPO)
+    for key in ("studies", "defences", "seeds"):
+        assert rehearsal[key] == paper[key]
+    for name, ds in paper["datasets"].items():
+        assert rehearsal["datasets"][name]["split"] == ds["split"]
+        assert rehearsal["datasets"][name]["source"] == ds["source"]
+    for name, arch in paper["architectures"].items():
+        assert {k: rehearsal["architectures"][name][k] for k in arch} == arch
+    assert set(rehearsal["architectures"]) == set(paper["architectures"])
+    load_config(rehearsal)  # a valid config
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
+    }
+
+
+def dry_run(tmp_path, *configfiles) -> dict[str, int]:
+    proc = run_snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--configfile",
+        *map(str, configfiles),
+        "--config",
+        "seeds=[0]",
+        workdir=tmp_path,
+    )
+    return job_counts(proc.stdout)
+
+
+def test_the_rehearsal_plans_exactly_the_paper_configs_jobs(tmp_path):
+    paper = dry_run(tmp_path / "paper", REPO / PAPER)
+    rehearsal = dry_run(tmp_path / "rehearsal", REPO / PAPER, REPO / OVERLAY)
+    assert rehearsal == paper
+    assert paper["train"] > 50 and paper["fetch_weights"] >= 1
+
+
+@pytest.mark.slow
+def test_one_seed_rehearsal_runs_every_study_of_the_paper_config(tmp_path):
+    status = run(REPO, seeds=[0], cores="2", workdir=tmp_path, port=0)
+    assert status == 0
+    config = load_config(merged_config(REPO) | {"seeds": [0]})
+    root = tmp_path / config["results"]
+    report = (root / "REPRODUCTION.md").read_text()
+    for name in config["studies"]:
+        assert name in report
+        for stem in plan.study_tables(config, name):
+            table = pd.read_csv(root / f"{stem}.csv")
+            assert len(table), stem
+        for figure in plan.study_figures(config, name):
+            assert (root / figure).stat().st_size > 10_000, figure
+    models = pd.read_csv(root / "summary" / "models.csv")
+    attacks = pd.read_csv(root / "summary" / "attacks.csv")
+    assert set(config["studies"]) <= set(attacks["study"])
+    assert attacks["auc"].between(0, 1).all()
+    assert len(models) >= 80
