@@ -4,6 +4,10 @@
 #   snakemake --cores all --configfile config/demo.yaml    demo on embedded synthetic data (CPU, minutes)
 #   snakemake --cores all results/demo/figures/architectures_ct/roc.png --configfile config/demo.yaml
 #                                                          one figure and only what it needs
+import sys
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -18,10 +22,16 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
-# Jobs import the segmia package of this checkout (in the project's venv or a --sdm conda env).
+# Jobs import the segmia package of this checkout, run by the interpreter Snakemake runs under
+# (so .venv/bin/snakemake works without activating the venv), or under --sdm conda by the env's.
 shell.prefix(
     "set -euo pipefail; "
     f"export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    + (
+        ""
+        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+        else f"export PATH='{Path(sys.executable).parent}':\"$PATH\"; "
+    )
 )
 
 

@@ -167,3 +167,31 @@ def test_training_is_deterministic(tmp_path, prepared_ct):
         )
     a, b = read_torch(tmp_path / "a" / "model.pt"), read_torch(tmp_path / "b" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("channels,ignore", [(1, None), (4, None), (4, 255)])
+def test_segmentation_scores_equal_monais_dice_and_iou(channels, ignore):
+    from monai.metrics import DiceMetric, MeanIoU
+    from segmia.models.losses import one_hot_target
+    from segmia.models.metrics import SegmentationScores, hard_prediction
+
+    gen = torch.Generator().manual_seed(channels)
+    ours = SegmentationScores(ignore)
+    dice = DiceMetric(include_background=True, reduction="mean", ignore_empty=True)
+    iou = MeanIoU(include_background=True, reduction="mean", ignore_empty=True)
+    for batch in range(3):
+        logits = torch.randn(5, channels, 12, 12, generator=gen)
+        classes = max(channels, 2)
+        masks = torch.randint(0, classes, (5, 12, 12), generator=gen)
+        masks[0] = 0  # an image whose target has no foreground / only one class
+        if ignore is not None:
+            masks[1, :4] = ignore
+        ours.update(logits, masks)
+        pred = hard_prediction(logits)
+        target, valid = one_hot_target(masks, channels, ignore)
+        dice(pred * valid, target)
+        iou(pred * valid, target)
+    got = ours.result()
+    assert got["dice"] == pytest.approx(float(dice.aggregate().item()), abs=1e-6)
+    assert got["iou"] == pytest.approx(float(iou.aggregate().item()), abs=1e-6)
+    assert 0 < got["iou"] < got["dice"] < 1

@@ -283,3 +283,24 @@ def test_writer_checks_labels_and_count(tmp_path):
         w.add(np.zeros((4, 4), np.uint8), np.full((4, 4), 5, np.uint8), "a", "g")
         w.finish({"name": "x", "num_classes": 2, "ignore_index": None})
     assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_liver_slices_are_chosen_by_their_mask_at_the_prepared_resolution():
+    """A liver tip of one voxel vanishes when a 32x32 slice is resized to 16x16: that slice would
+    reach the model with an empty mask (Dice loss 0), so it is not a candidate."""
+    from segmia.data.sources.liver import DEFAULTS, axial, candidate_slices
+    from segmia.data.sources.imaging import resize_mask
+
+    label = np.zeros((32, 32, 4), dtype=np.uint8)
+    label[8:20, 8:20, 1] = 1  # a liver
+    label[5, 5, 2] = 1  # one voxel that nearest-neighbour shrinking drops
+    label[4, 4, 3] = 2  # one tumour voxel that it keeps (even rows and columns survive)
+    kept = {
+        k: int(resize_mask((axial(label, k) > 0).astype(np.uint8), 16, 16).sum()) for k in range(4)
+    }
+    assert kept[2] == 0 and kept[3] == 1  # what the resize does to the two tips
+    params = {**DEFAULTS, "height": 16, "width": 16}
+    assert candidate_slices(label, params).tolist() == [1, 3]
+    assert candidate_slices(label, {**params, "height": 32, "width": 32}).tolist() == [1, 2, 3]
+    assert candidate_slices(label, {**params, "min_foreground_pixels": 2}).tolist() == [1]
+    assert candidate_slices(label, {**params, "slices": "all"}).tolist() == [0, 1, 2, 3]

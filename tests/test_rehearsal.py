@@ -22,7 +22,9 @@ from segmia.rehearsal import OVERLAY, PAPER, merged_config, run
 AFFORDABLE = (
     "results",
     "resources",
+    "threads",
     "training.epochs",
+    "attack.classifier",
     "attack.epochs",
     "attack.last_k",
     "datasets.*.prepare.height",

@@ -117,3 +117,20 @@ def test_report_has_every_table_figure_and_caption(tiny_run):
         and "ROC-AUC" in reproduction
         and "figures/grid/roc.png" in reproduction
     )
+
+
+def test_jobs_run_the_interpreter_snakemake_runs_under_whatever_path_says(tmp_path, tiny_config):
+    """.venv/bin/snakemake without an activated venv: the jobs' "python -m segmia" must still be
+    this interpreter, not the system's (which lacks the packages)."""
+    configfile = write_config(tmp_path, tiny_config)
+    split = f"{tiny_config['results']}/ct/splits/s0.csv"
+    proc = run_snakemake(
+        "--cores",
+        "1",
+        split,
+        workdir=tmp_path,
+        configfile=configfile,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0
+    assert pd.read_csv(split)["pool"].isin(["victim", "shadow", "unused"]).all()

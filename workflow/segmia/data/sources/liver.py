@@ -14,8 +14,10 @@ Preparation (PAPER.md: 2-D axial slices, 256 x 256, one channel, liver and tumou
    liver-tumour segmentation (LiTS, from which MSD Task03 comes). The study's code does not
    say how its slices were windowed.
 4. Which slices: ``slices: foreground`` keeps the slices with at least ``min_foreground_pixels``
-   liver or tumour voxels (the default; the study's 5000 slices were drawn from its volumes,
-   most of which do not show the liver), ``all`` keeps every slice.
+   liver or tumour pixels in the mask at the prepared resolution (the default; counted after the
+   resize of step 6, so no kept slice reaches a model with an empty mask; the study's 5000
+   slices were drawn from its volumes, most of which do not show the liver), ``all`` keeps every
+   slice.
 5. Labels 1 (liver) and 2 (tumour) become one foreground class; anything but 0, 1, 2 is an error.
 6. Slices are resized to ``height`` x ``width`` (bilinear images, nearest-neighbour masks).
 7. At most ``max_slices`` slices are kept (the study: 5000), chosen with ``seed`` either
@@ -165,10 +167,22 @@ def window(hu: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def candidate_slices(label: np.ndarray, params: dict) -> np.ndarray:
+    """Slices to choose from: every slice, or those whose mask AT THE PREPARED RESOLUTION has at
+    least ``min_foreground_pixels`` foreground pixels. Counting at the source resolution would
+    keep slices whose few liver voxels vanish in the nearest-neighbour resize: an empty mask, a
+    Dice loss of 0, the global-loss attack's most member-like score."""
     if params["slices"] == "all":
         return np.arange(label.shape[2])
-    counts = (label > 0).sum(axis=(0, 1))
-    return np.flatnonzero(counts >= params["min_foreground_pixels"])
+    shown = np.flatnonzero((label > 0).any(axis=(0, 1)))
+    height, width = params["height"], params["width"]
+    counts = np.array(
+        [
+            int(resize_mask((axial(label, int(k)) > 0).astype(np.uint8), height, width).sum())
+            for k in shown
+        ],
+        dtype=np.int64,
+    )
+    return shown[counts >= params["min_foreground_pixels"]]
 
 
 def select(candidates: dict[str, np.ndarray], params: dict) -> dict[str, np.ndarray]:
