@@ -179,7 +179,7 @@ def test_segmentation_scores_equal_monais_dice_and_iou(channels, ignore):
     ours = SegmentationScores(ignore)
     dice = DiceMetric(include_background=True, reduction="mean", ignore_empty=True)
     iou = MeanIoU(include_background=True, reduction="mean", ignore_empty=True)
-    for batch in range(3):
+    for _ in range(3):
         logits = torch.randn(5, channels, 12, 12, generator=gen)
         classes = max(channels, 2)
         masks = torch.randint(0, classes, (5, 12, 12), generator=gen)

@@ -288,8 +288,8 @@ def test_writer_checks_labels_and_count(tmp_path):
 def test_liver_slices_are_chosen_by_their_mask_at_the_prepared_resolution():
     """A liver tip of one voxel vanishes when a 32x32 slice is resized to 16x16: that slice would
     reach the model with an empty mask (Dice loss 0), so it is not a candidate."""
-    from segmia.data.sources.liver import DEFAULTS, axial, candidate_slices
     from segmia.data.sources.imaging import resize_mask
+    from segmia.data.sources.liver import DEFAULTS, axial, candidate_slices
 
     label = np.zeros((32, 32, 4), dtype=np.uint8)
     label[8:20, 8:20, 1] = 1  # a liver

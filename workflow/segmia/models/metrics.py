@@ -40,9 +40,7 @@ class SegmentationScores:
         present = size_target > 0
         nan = torch.tensor(float("nan"), device=inter.device)
         self._dice.append(torch.where(present, 2 * inter / (size_pred + size_target), nan).cpu())
-        self._iou.append(
-            torch.where(present, inter / (size_pred + size_target - inter), nan).cpu()
-        )
+        self._iou.append(torch.where(present, inter / (size_pred + size_target - inter), nan).cpu())
 
     def result(self) -> dict[str, float]:
         return {"dice": _mean(self._dice), "iou": _mean(self._iou)}
