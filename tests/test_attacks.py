@@ -144,3 +144,24 @@ def test_type2_features_concatenate_the_one_hot_mask():
     assert x.shape == (2, 6, 4, 4)
     assert x[0, 3:, 0, 0].sum() == 0  # void pixel: no class
     assert torch.equal(x[1, 3:].argmax(0), masks[1])
+
+
+@pytest.mark.parametrize("side", [1, 3, 5, 7, 8, 22])
+def test_small_cnn_takes_maps_of_any_size_and_pools_as_before_from_8_pixels(side):
+    """A loss-map patch of a 16-pixel image is 5 pixels wide: three 2x2 max-poolings would leave
+    nothing (the rehearsal's crash); from 8 pixels up the output is what MaxPool2d gave."""
+    from segmia.attacks.classifier import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(3, width=4).eval()
+    x = torch.randn(2, 3, side, side + 1)
+    out = model(x)
+    assert out.shape == (2,) and torch.isfinite(out).all()
+    if side >= 8:
+        reference = torch.nn.Sequential(
+            *[
+                torch.nn.MaxPool2d(2) if type(m).__name__ == "HalvePool" else m
+                for m in model.features
+            ]
+        )
+        assert torch.equal(model.head(reference(x)).squeeze(1), out)

@@ -86,8 +86,10 @@ def dry_run(tmp_path, *configfiles) -> dict[str, int]:
 def test_the_rehearsal_plans_exactly_the_paper_configs_jobs(tmp_path):
     paper = dry_run(tmp_path / "paper", REPO / PAPER)
     rehearsal = dry_run(tmp_path / "rehearsal", REPO / PAPER, REPO / OVERLAY)
+    # the small attack classifier needs no ImageNet weights: one weight file fewer to fetch
+    assert paper.pop("fetch_weights") == rehearsal.pop("fetch_weights") + 1
     assert rehearsal == paper
-    assert paper["train"] > 50 and paper["fetch_weights"] >= 1
+    assert paper["train"] > 50
 
 
 @pytest.mark.slow

@@ -46,6 +46,15 @@ class GlobalMeanPool(nn.Module):
         return x.mean(dim=(2, 3), keepdim=True)
 
 
+class HalvePool(nn.Module):
+    """2 x 2 max pooling while both sides are at least 2 pixels, the identity below: small maps
+    (a 5 x 5 loss-map patch of a 16 x 16 image) pass where ``MaxPool2d`` would fail on an empty
+    output; from 8 pixels up, three of them equal three ``MaxPool2d(2)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.max_pool2d(x, 2) if min(x.shape[-2:]) >= 2 else x
+
+
 class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, width: int = 16):
         super().__init__()
@@ -55,7 +64,7 @@ class SmallCNN(nn.Module):
                 nn.Conv2d(c, w, 3, padding=1, bias=False),
                 nn.BatchNorm2d(w),
                 nn.ReLU(),
-                nn.MaxPool2d(2),
+                HalvePool(),
             ]
             c = w
         self.features = nn.Sequential(*layers, GlobalMeanPool(), nn.Flatten())
