@@ -27,7 +27,8 @@ from . import plan
 from .data.prepared import output_channels
 from .errors import SegmiaError
 
-#: (channels, height, width, num_classes) of the paper's datasets after preparation (PAPER.md)
+#: (channels, height, width, num_classes) of the paper's datasets after preparation
+#: (docs/protocol.md, "Datasets")
 PAPER_SHAPES = {
     "liver": (1, 256, 256, 2),
     "kvasir": (3, 256, 256, 2),

@@ -1,6 +1,6 @@
 """From a validated config to the things the DAG builds: models, queries, attacks, tables.
 
-Paths encode what determines a file (DESIGN.md, "Naming"); every pattern below is relative to
+Paths encode what determines a file (results/README.md); every pattern below is relative to
 the results root and its ``{wildcards}`` are the Snakemake wildcards of the rule that writes it.
 A model is identified by (dataset, role, architecture, variant, training size, seed): each is
 trained once, however many studies, attacks, tables and figures use it.

@@ -4,7 +4,7 @@ Each is a batch transform ``(x, y, generator) -> (x, y)`` applied after a batch 
 (``x``: N x C x H x W float in [0, 1], ``y``: N x H x W long). Their random draws come from the
 epoch's seeded generator, so a rerun (or a resumed run) sees the same batches.
 
-- ``crop`` (PAPER.md): one random crop of ``fraction`` x the image size per batch, for
+- ``crop`` (docs/protocol.md, "Defences"): one random crop of ``fraction`` x the image size per batch, for
   ``epoch_factor`` x the epochs; the model is still queried on full images.
 - ``mixup`` (the study's variant): column splice of each image with a partner from the same
   batch at ``int(Beta(alpha, alpha) * W)``, masks spliced alike.
@@ -133,5 +133,5 @@ def batch_transform(variant: dict) -> BatchTransform | None:
 
 
 def epochs_for(variant: dict, epochs: int) -> int:
-    """Crop training runs ``epoch_factor`` x the recipe's epochs (PAPER.md: 3x)."""
+    """Crop training runs ``epoch_factor`` x the recipe's epochs (the study: 3x)."""
     return epochs * int(variant.get("epoch_factor", 1)) if variant.get("type") == "crop" else epochs

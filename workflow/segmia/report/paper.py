@@ -1,4 +1,5 @@
-"""The author's logged numbers (PAPER.md, from github.com/ctom2/adversarial-attacks ``outputs/``).
+"""The author's logged numbers (docs/protocol.md, "Reference numbers"; from
+github.com/ctom2/adversarial-attacks ``outputs/``).
 
 All are attack *accuracy* under the original protocol (mean over the last 10 of 30 attack
 epochs, on the victim's MIA set; chance 0.5), so tables compare them with the reproduction's

@@ -108,7 +108,7 @@ def write_grid_tables(
         md += [
             f"## Author's logs: accuracy ({reference_title})",
             "",
-            "Numbers logged by the paper's author (PAPER.md), for comparison with the reproduced "
+            "Numbers logged by the paper's author, for comparison with the reproduced "
             "*Accuracy (paper protocol)* grid below.",
             "",
             logged.to_markdown(floatfmt=".3f"),

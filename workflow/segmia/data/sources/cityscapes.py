@@ -7,7 +7,7 @@ success), the package list from ``/downloads/?list``, the published MD5 from
 ``/md5-sum/?packageID=N`` and the archive from ``/file-handling/?packageID=N`` (resumable).
 Without them, archives placed by hand in ``resources/raw/cityscapes/`` are used.
 
-Preparation (PAPER.md: 512 x 256 (W x H), RGB, 19 evaluation classes):
+Preparation (docs/protocol.md, "Datasets": 512 x 256 (W x H), RGB, 19 evaluation classes):
 - ``leftImg8bit/train/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` with
   ``gtFine/train/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png``;
 - label ids 0..33 map to the 19 train ids of cityscapesscripts' ``labels.py``; every other id

@@ -1,6 +1,6 @@
 """Kvasir-SEG: 1000 colonoscopy images with polyp masks (JPEG, variable size).
 
-Preparation (PAPER.md: 256 x 256, 3 channels, binary mask):
+Preparation (docs/protocol.md, "Datasets": 256 x 256, 3 channels, binary mask):
 - images are decoded as RGB (``channel_order: bgr`` = the original code's cv2 order, a quirk),
   resized bilinearly to ``height`` x ``width``;
 - masks (JPEG, so with compression noise around 0 and 255) are resized nearest-neighbour and

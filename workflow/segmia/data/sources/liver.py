@@ -1,6 +1,7 @@
 """Medical Segmentation Decathlon, Task03 Liver: 131 labelled abdominal CT volumes (NIfTI).
 
-Preparation (PAPER.md: 2-D axial slices, 256 x 256, one channel, liver and tumour merged):
+Preparation (docs/protocol.md, "Datasets": 2-D axial slices, 256 x 256, one channel, liver and
+tumour merged):
 
 1. Each volume is read with MONAI (``LoadImage``) and reoriented to RAS (``Orientation``), so
    every patient's slices come out the same way up whatever the file's voxel order.
