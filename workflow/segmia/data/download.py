@@ -548,6 +548,19 @@ class PlainRemote:
 EXTRACTED = "extracted"
 
 
+def failure_details(err: Exception, dest: Path, why: str) -> tuple[str, str]:
+    """(" (expected digest: ...)" for a checksum mismatch, " The partial download ... is kept"
+    when a resumable .part file is left) for a failed fetch's message."""
+    part = dest.with_name(dest.name + ".part")
+    kept = (
+        f" The partial download {part.name} is kept and resumed by the next run."
+        if part.exists()
+        else ""
+    )
+    hint = f" (expected digest: {why})" if "checksum mismatch" in str(err) else ""
+    return hint, kept
+
+
 def policy_from(params: dict) -> Policy:
     return Policy(
         retries=int(params.get("retries", 5)),
@@ -622,13 +635,7 @@ def download_source(
                 allow_redirects=remote.allow_redirects,
             )
         except DownloadError as err:
-            part = dest.with_name(dest.name + ".part")
-            kept = (
-                f" The partial download {part.name} is kept and resumed by the next run."
-                if part.exists()
-                else ""
-            )
-            hint = f" (expected digest: {why})" if "checksum mismatch" in str(err) else ""
+            hint, kept = failure_details(err, dest, why)
             raise DownloadError(
                 f"{source.title}: {sentence(err)}{hint}.{kept} {source.manual(raw_dir)}"
             ) from None

@@ -233,7 +233,7 @@ def fetch_file(dest: str | os.PathLike, params: dict | None = None) -> str:
     downloaded from ``params['base_url']`` (default: torchvision's site) and gets its name only
     once verified. ``params``: the config's ``weights`` section. Returns the file's sha256.
     """
-    from ..data.download import DownloadError, fetch, policy_from
+    from ..data.download import DownloadError, failure_details, fetch, policy_from
 
     dest, params = Path(dest), params or {}
     name = dest.name
@@ -248,13 +248,7 @@ def fetch_file(dest: str | os.PathLike, params: dict | None = None) -> str:
     try:
         digests = fetch(source, dest, expected=expected, policy=policy_from(params))
     except DownloadError as err:
-        part = dest.with_name(dest.name + ".part")
-        kept = (
-            f" The partial download {part.name} is kept and resumed by the next run."
-            if part.exists()
-            else ""
-        )
-        hint = f" (expected digest: {why})" if "checksum mismatch" in str(err) else ""
+        hint, kept = failure_details(err, dest, why)
         raise WeightsError(
             f"the weights of {what.used_by}: {str(err).strip().rstrip('.')}{hint}.{kept} On a "
             f"machine without internet access, download {url(name)} elsewhere and place it at "
