@@ -152,3 +152,39 @@ def test_deviation_tests_exist():
     named = [n for row in rows for n in re.findall(r"\b(test_[a-z0-9_]+)\b(?!\.py)", row[column])]
     assert named, "the deviation table names no test"
     assert not set(named) - defined, f"tests that do not exist: {sorted(set(named) - defined)}"
+
+
+def using_it_commands() -> list[str]:
+    """The backticked commands of the README's "Using it" table, as written."""
+    text = (REPO / "README.md").read_text()
+    table = text.split("## Using it", 1)[1].split("\n\n", 2)[1]
+    return [
+        c for row in table.splitlines()[2:] for c in re.findall(r"`([^`]+)`", row.split("|")[2])
+    ]
+
+
+@pytest.mark.slow
+def test_every_command_of_the_readme_table_runs_as_written(tmp_path):
+    """Snakemake commands run as written plus -n (a dry run writes only .snakemake/ metadata),
+    make targets as make -n, segmia commands as they are; a target placed after --configfile
+    would be read as a config file and fail."""
+    import shlex
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    ran = 0
+    for command in using_it_commands():
+        words = shlex.split(command)
+        if "..." in words:  # a template ("segmia train --data ... ")
+            continue
+        if words[0] == "snakemake":
+            if "--report" in words:
+                continue  # needs finished results; tests/test_workflow.py builds a report
+            words = [words[0], "-n", *words[1:]]
+        elif words[0] == "make":
+            words = ["make", "-n", *words[1:]]
+        proc = subprocess.run(words, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        ran += 1
+    assert ran >= 6
