@@ -47,6 +47,7 @@ def make_config(tmp, upstream, datasets=("liver", "kvasir", "cityscapes"), kvasi
             "download": {**download, "checksums": {"Task03_Liver.tar": f"md5:{liver_md5}"}},
             "prepare": {"height": 32, "width": 32, "max_slices": 12},
             "split": {
+                "groups": "none",  # 3 patients cannot fill two pools of 5 slices whole
                 "victim_pool": 5,
                 "shadow_pool": 5,
                 "train_size": 2,
@@ -81,6 +82,7 @@ def make_config(tmp, upstream, datasets=("liver", "kvasir", "cityscapes"), kvasi
                 "val_size": 1,
                 "mia_size": 1,
                 "nonmembers": "validation",
+                "groups": "pools",  # cities whole between the pools only (paper config)
             },  # fmt: skip
         },
     }

@@ -406,6 +406,7 @@ def test_cityscapes_password_never_reaches_a_file_or_the_console(tmp_path):
                         "val_size": 1,
                         "mia_size": 1,
                         "nonmembers": "validation",
+                        "groups": "pools",  # cities whole between the pools only (paper config)
                     },
                 }  # fmt: skip
             },
