@@ -10,6 +10,7 @@ from segmia.config import PUBLIC_SOURCES, load_config
 from segmia.data.names import QUERY_POOLS
 from segmia.models.poisoning import TARGETS, TRIGGERS
 from segmia.hardware import gpu_visible
+from segmia.models import weights as pretrained
 from segmia.errors import ConfigError
 
 try:
@@ -271,3 +272,35 @@ def warn_cluster_gpu_limit():
             "--profile profiles/slurm, or raise the limit with --resources gpu=<N>.",
             file=sys.stderr,
         )
+
+
+# --- pretrained weights (rules/weights.smk; inputs of train and fit_attack) ---
+WEIGHTS = pretrained.needed(CFG)
+
+
+def weights_file(name):
+    return f"{RES}/weights/{name}"
+
+
+def arch_weights(wildcards):
+    """{"weights": file} when the model's encoder starts from pretrained weights."""
+    name = pretrained.arch_file(CFG["architectures"][wildcards.arch])
+    return {"weights": weights_file(name)} if name else {}
+
+
+def attack_weights(wildcards):
+    """{"weights": file} when the attack classifier starts from pretrained weights."""
+    name = pretrained.attack_file(CFG["attack"])
+    return {"weights": weights_file(name)} if name else {}
+
+
+def weights_args(wildcards, input):
+    """--weights FILE --weights-digest DIGEST of a job with a weights input (derived from the
+    input, so no tracked parameter: the file's modification time is what reruns the job).
+    """
+    if "weights" not in input.keys():
+        return ""
+    digest = pretrained.digest_text(
+        Path(input.weights).name, CFG["weights"]["checksums"]
+    )
+    return f"--weights {input.weights} --weights-digest {digest}"

@@ -1,37 +1,7 @@
 # Pretrained weights (ImageNet encoders, the ResNet attack classifier): each file the config needs
 # is fetched once into {resources}/weights/<file name> and verified (segmia.models.weights); the
-# jobs that start from it (train, fit_attack) get it as an input and only load it.
-from segmia.models import weights as pretrained
-
-WEIGHTS = pretrained.needed(CFG)
-
-
-def weights_file(name):
-    return f"{RES}/weights/{name}"
-
-
-def arch_weights(wildcards):
-    """{"weights": file} when the model's encoder starts from pretrained weights."""
-    name = pretrained.arch_file(CFG["architectures"][wildcards.arch])
-    return {"weights": weights_file(name)} if name else {}
-
-
-def attack_weights(wildcards):
-    """{"weights": file} when the attack classifier starts from pretrained weights."""
-    name = pretrained.attack_file(CFG["attack"])
-    return {"weights": weights_file(name)} if name else {}
-
-
-def weights_args(wildcards, input):
-    """--weights FILE --weights-digest DIGEST of a job with a weights input (derived from the
-    input, so no tracked parameter: the file's modification time is what reruns the job).
-    """
-    if "weights" not in input.keys():
-        return ""
-    digest = pretrained.digest_text(
-        Path(input.weights).name, CFG["weights"]["checksums"]
-    )
-    return f"--weights {input.weights} --weights-digest {digest}"
+# jobs that start from it (train, fit_attack) get it as an input and only load it (the helpers
+# that wire it are in common.smk).
 
 
 # downloads need the internet: on a cluster they run on the submitting machine
