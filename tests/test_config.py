@@ -350,3 +350,13 @@ def test_a_prepared_index_of_other_settings_is_not_used(tmp_path, tiny):
     config = _liver_config(tmp_path, tiny)
     _prepare_index(tmp_path, {"name": "liv", "source": "liver", "prepare": {"max_slices": 40}})
     load_config(config)  # preparation would rebuild it (max_slices 5000): not checked
+
+
+def test_a_poisoning_trigger_as_large_as_the_image_is_refused():
+    """At 16 x 16 the study's 16-pixel trigger fills the image: square and line are one trigger."""
+    config = load_yaml(REPO / "config" / "config.yaml")
+    config["datasets"]["liver"]["prepare"] = {"height": 16, "width": 16}
+    with pytest.raises(ConfigError, match=r"trigger_size' is 16 pixels.*16x16.*whole image"):
+        load_config(config)
+    config["studies"]["poisoning_liver"]["trigger_size"] = 1
+    load_config(config)

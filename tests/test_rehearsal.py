@@ -29,6 +29,7 @@ AFFORDABLE = (
     "attack.epochs",
     "attack.last_k",
     "datasets.*.prepare.height",
+    "studies.*.trigger_size",
     "datasets.*.prepare.width",
     "architectures.*.encoder_depth",
     "architectures.*.decoder_channels",
@@ -51,8 +52,13 @@ def test_the_overlay_changes_only_what_makes_the_run_affordable():
     for path in touched:
         assert any(fnmatch.fnmatchcase(path, p) for p in AFFORDABLE), path
     paper, rehearsal = load_yaml(REPO / PAPER), merged_config(REPO)
-    for key in ("studies", "defences", "seeds"):
+    for key in ("defences", "seeds"):
         assert rehearsal[key] == paper[key]
+    for name, study in paper["studies"].items():  # pixel sizes scale with the image
+        assert {k: v for k, v in rehearsal["studies"][name].items() if k != "trigger_size"} == {
+            k: v for k, v in study.items() if k != "trigger_size"
+        }
+    assert set(rehearsal["studies"]) == set(paper["studies"])
     for name, ds in paper["datasets"].items():
         assert rehearsal["datasets"][name]["split"] == ds["split"]
         assert rehearsal["datasets"][name]["source"] == ds["source"]

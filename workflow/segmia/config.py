@@ -390,6 +390,17 @@ def _check_study(config: dict, name: str, study: dict) -> None:
             f"'{where}.attacks' lists {', '.join(needs_references)}, which need reference models: "
             "run them in a study of type attack_comparison (key reference_models)."
         )
+    if study["type"] == "poisoning":
+        ds = datasets[study["dataset"]]
+        size = ds.get("prepare") or ds.get("synthetic") or {}
+        side = min(size.get("height", 256), size.get("width", 256))
+        if study["trigger_size"] >= side:
+            _fail(
+                f"'{where}.trigger_size' is {study['trigger_size']} pixels, but dataset "
+                f"{study['dataset']!r} is prepared at {size.get('height')}x{size.get('width')}: "
+                "the trigger would cover the whole image (square and line alike). Make it "
+                "smaller than the image side (the study's 16 of 256, scaled with the image)."
+            )
     if study["type"] == "dp_sweep":
         base = defences.get(study["defence"])
         if base is None or base["type"] != "dp":
