@@ -9,12 +9,11 @@ end (every study type, every table and figure) through the real download, prepar
 from __future__ import annotations
 
 import fnmatch
-import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, load_yaml, run_snakemake
+from conftest import REPO, load_yaml, planned_jobs, run_snakemake
 from segmia import plan
 from segmia.config import load_config
 from segmia.rehearsal import OVERLAY, PAPER, merged_config, run
@@ -68,14 +67,6 @@ def test_the_overlay_changes_only_what_makes_the_run_affordable():
     load_config(rehearsal)  # a valid config
 
 
-def job_counts(output: str) -> dict[str, int]:
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {
-        m.group(1): int(m.group(2))
-        for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
-    }
-
-
 def dry_run(tmp_path, *configfiles) -> dict[str, int]:
     proc = run_snakemake(
         "-n",
@@ -87,7 +78,7 @@ def dry_run(tmp_path, *configfiles) -> dict[str, int]:
         "seeds=[0]",
         workdir=tmp_path,
     )
-    return job_counts(proc.stdout)
+    return planned_jobs(proc)
 
 
 def test_the_rehearsal_plans_exactly_the_paper_configs_jobs(tmp_path):
