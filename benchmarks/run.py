@@ -39,6 +39,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,7 @@ FIELDS = (
     "images_per_repeat",
     "peak_rss_mb",
     "peak_gpu_mb",
+    "startup_s",
     "note",
     "device",
     "device_name",
@@ -264,8 +266,17 @@ def random_data(n: int, shape: tuple, seed: int = 0) -> tuple[np.ndarray, np.nda
 # --- training -----------------------------------------------------------------------------------
 
 
-def train_case(bench: Bench, name: str, arch: dict, dataset: str, shape: tuple, mode: str | None):
-    """One training step of ``models.train.fit`` (plain, or DP-SGD with grad-sample ``mode``)."""
+def train_case(
+    bench: Bench,
+    name: str,
+    arch: dict,
+    dataset: str,
+    shape: tuple,
+    mode: str | None,
+    fast: bool = True,
+):
+    """One training step of ``models.train.fit`` (plain, or DP-SGD with grad-sample ``mode``);
+    ``fast``: the pipeline's AMP and channels-last on a GPU (off: float32, contiguous)."""
     from segmia.models.losses import dice_loss, per_image_loss
     from segmia.models.registry import build_model
     from segmia.models.train import Arrays, Recipe, Task, make_optimizer
@@ -279,7 +290,7 @@ def train_case(bench: Bench, name: str, arch: dict, dataset: str, shape: tuple, 
     model = build_model(arch, shape[0], shape[3], private=mode is not None).to(device)
     gflops = forward_gflops(model, shape)
     reset_peak(device)
-    channels_last = device.type == "cuda" and recipe.channels_last
+    channels_last = device.type == "cuda" and recipe.channels_last and fast
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer("nadam", model.parameters(), recipe.lr)
@@ -308,7 +319,7 @@ def train_case(bench: Bench, name: str, arch: dict, dataset: str, shape: tuple, 
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, recipe.amp):
+        with autocast(device, recipe.amp and fast):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         loss.backward()
@@ -327,6 +338,7 @@ def train_case(bench: Bench, name: str, arch: dict, dataset: str, shape: tuple, 
         arch_key=arch_key(arch),
         batch_size=batch,
         setting=setting,
+        pipeline=int(fast),
         **shape_fields(dataset, shape),
     )
 
@@ -335,15 +347,17 @@ def run_train(bench: Bench, private: bool) -> None:
     archs = architectures()
     args = bench.args
     modes = args.grad_sample_modes if private else [None]
+    # on a GPU plain training is measured with the pipeline's AMP + channels-last and without
+    fasts = (True, False) if bench.device.type == "cuda" and not private else (True,)
     for dataset, shape in SHAPES.items():
         for name, arch in archs.items():
             if name not in args.archs:
                 continue
-            for mode in modes:
+            for mode, fast in ((m, f) for m in modes for f in fasts):
                 if args.quick and private and mode != "hooks" and dataset != "liver":
                     continue  # the mode comparison runs at one shape in quick mode
                 try:
-                    isolated(bench, train_case, name, arch, dataset, shape, mode)
+                    isolated(bench, train_case, name, arch, dataset, shape, mode, fast)
                 except Exception as err:  # a mode that fails on a model, out of memory
                     bench.add(
                         [],
@@ -573,7 +587,8 @@ def run_query(bench: Bench) -> None:
             "--device",
             bench.device.type,
         ]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+        path = [str(REPO / "workflow"), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
         walls, peaks = [], []
         for _ in range(args.repeats):
             shutil.rmtree(tmp / "query", ignore_errors=True)
@@ -600,6 +615,104 @@ def run_query(bench: Bench) -> None:
         print(f"{'':13} peak RSS of the query process: {max(peaks):.0f} MB", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- a job's fixed cost: interpreter, imports, device, model --------------------------------------
+
+#: per rule: the module its CLI step imports, and the network it builds (None: no network).
+#: The probe times what every job of the rule pays before its first image.
+STARTUP_STEPS = {
+    "train": ("segmia.models.job", "segmentation"),
+    "query": ("segmia.attacks.outputs", "segmentation"),
+    "fit_attack": ("segmia.attacks.job", "attack"),
+    "eval_attack": ("segmia.attacks.job", "attack"),
+    "threshold_attack": ("segmia.attacks.job", None),
+    "table": ("segmia.report.studies", None),
+}
+
+STARTUP_PROBE = """
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import importlib
+import segmia.cli
+t1 = time.perf_counter()
+importlib.import_module(sys.argv[2])
+t2 = time.perf_counter()
+out = {"cli": t1 - t0, "imports": t2 - t1, "device": 0.0, "model": 0.0}
+if sys.argv[4] != "none":
+    import torch
+    from segmia.runtime import autocast, setup
+    device = setup(sys.argv[3], 1, deterministic=False)
+    (torch.zeros(1, device=device) + 1).cpu()
+    t3 = time.perf_counter()
+    out["device"] = t3 - t2
+    c, h, w, k = json.loads(sys.argv[5])
+    if sys.argv[4] == "attack":
+        from segmia.attacks.classifier import build_classifier
+        model = build_classifier({"classifier": "resnet34"}, c)
+    else:
+        from segmia.models.registry import build_model
+        model = build_model(json.loads(sys.argv[6]), c, k)
+    model = model.to(device).eval()
+    with torch.no_grad(), autocast(device):
+        model(torch.rand(2, c, h, w, device=device)).float().cpu()
+    out["model"] = time.perf_counter() - t3
+print(json.dumps(out))
+"""
+
+
+def run_startup(bench: Bench) -> None:
+    """Each rule's fixed cost per job, in a fresh interpreter: start, ``segmia.cli``, the step's
+    imports, device initialisation (CUDA context, first kernel), model build + first forward."""
+    import json
+
+    arch = {**architectures()["resnet34"]}
+    c, h, w, k = SHAPES["liver"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for rule, (module, network) in STARTUP_STEPS.items():
+        phases: list[dict] = []
+        walls = []
+        for _ in range(bench.args.repeats):
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    STARTUP_PROBE,
+                    str(REPO / "workflow"),
+                    module,
+                    bench.device.type,
+                    network or "none",
+                    json.dumps([c, h, w, k]),
+                    json.dumps(arch),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            walls.append(time.perf_counter() - start)
+            if proc.returncode:
+                raise RuntimeError(f"startup probe of {rule} failed: {proc.stderr[-2000:]}")
+            phases.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        wall = statistics.median(walls)
+        med = {key: statistics.median(ph[key] for ph in phases) for key in phases[0]}
+        interpreter = max(0.0, wall - sum(med.values()))
+        bench.add(
+            [],
+            0,
+            group="startup",
+            arch={"segmentation": "resnet34", "attack": "resnet34-attack"}.get(network, ""),
+            arch_key=arch_key(arch) if network == "segmentation" else "",
+            setting=rule,
+            pipeline=0,
+            startup_s=round(wall, 3),
+            note=(
+                f"{wall:.2f} s per job: interpreter {interpreter:.2f}, segmia.cli "
+                f"{med['cli']:.2f}, imports {med['imports']:.2f}, device {med['device']:.2f}, "
+                f"model + first forward {med['model']:.2f}"
+            ),
+        )
 
 
 # --- attack classifiers -------------------------------------------------------------------------
@@ -729,6 +842,7 @@ def run_demo(bench: Bench) -> None:
 
 
 GROUP_ROWS = {
+    "startup": ("startup",),
     "train": ("train",),
     "dp": ("dp_train",),
     "extract": ("extract", "extract_bs1"),
@@ -752,7 +866,7 @@ def merge_existing(bench: Bench, stem: Path, ran: set[str]) -> None:
     bench.rows = kept + bench.rows
 
 
-def write(bench: Bench, stem: Path, load: tuple) -> None:
+def write(bench: Bench, stem: Path, load: tuple, quiet: bool = False) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     with stem.with_suffix(".csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, FIELDS, extrasaction="ignore")
@@ -789,11 +903,12 @@ def write(bench: Bench, stem: Path, load: tuple) -> None:
             f"{r['setting']} | {rate} | {r['peak_rss_mb']} | {r['peak_gpu_mb']} | {r['note']} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.md')}")
+    if not quiet:
+        print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.md')}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    groups = ("train", "dp", "extract", "query", "attack", "demo")
+    groups = ("startup", "train", "dp", "extract", "query", "attack", "demo")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="CPU-sized: batch 2, fewer steps")
     p.add_argument("--only", nargs="+", choices=groups, help="run these groups only")
@@ -856,23 +971,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {bench.meta['device_name']}, {args.threads} threads, load {load[0]:.1f}")
     run = set(args.only or [g for g in groups if g != "demo"]) | ({"demo"} if args.demo else set())
     stem = args.out or REPO / "benchmarks" / "results" / f"{device.type}-{bench.meta['date']}"
+    steps = {
+        "startup": run_startup,
+        "extract": run_extract,
+        "query": run_query,
+        "train": lambda b: run_train(b, private=False),
+        "dp": lambda b: run_train(b, private=True),
+        "attack": run_attack,
+        "demo": run_demo,
+    }
+    # a time limit's SIGTERM ends the run through ``finally``: the groups measured so far are kept
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.only:  # rerunning some groups: keep the existing CSV's rows of the others
+        merge_existing(bench, stem, run)
     try:
-        if "extract" in run:
-            run_extract(bench)
-        if "query" in run:
-            run_query(bench)
-        if "train" in run:
-            run_train(bench, private=False)
-        if "dp" in run:
-            run_train(bench, private=True)
-        if "attack" in run:
-            run_attack(bench)
-        if "demo" in run:
-            run_demo(bench)
+        for name, step in steps.items():
+            if name in run:
+                step(bench)
+                write(bench, stem, load, quiet=True)  # each finished group is on disk
     finally:
         if bench.rows:
-            if args.only:
-                merge_existing(bench, stem, run)
             write(bench, stem, load)
     return 0
 
