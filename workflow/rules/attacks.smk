@@ -23,13 +23,16 @@ rule fit_attack:
         gpu=GPU,
     params:
         spec=lambda w: as_json(
-            {
-                "attack": w.attack,
-                "release_name": w.release,
-                "release": plan.release_spec(CFG, w.release),
-                "recipe": CFG["attack"],
-                "shadow": model_from(w, role="shadow").path(),
-            }
+            plan.attack_fit_spec(
+                CFG,
+                plan.Evaluation(
+                    w.dataset,
+                    w.attack,
+                    w.release,
+                    model_from(w, role="shadow"),
+                    model_from(w, role="shadow"),
+                ),
+            )
         ),
         data=prepared_dir,
         query=lambda w, input: str(Path(input.logits).parent),
@@ -44,7 +47,7 @@ rule fit_attack:
 rule eval_attack:
     input:
         unpack(lambda w: prepared(w.dataset)),
-        attack=lambda w: f"{ROOT}/{plan.Evaluation(w.dataset, w.attack, w.release, victim_of(w), shadow_of(w)).attack_model()}/attack.pt",
+        attack=lambda w: f"{ROOT}/{evaluation_of(w).attack_model()}/attack.pt",
         logits=lambda w: f"{ROOT}/{victim_of(w).query()}/logits.npy",
         samples=lambda w: f"{ROOT}/{victim_of(w).query()}/samples.csv",
     output:
@@ -88,7 +91,7 @@ rule threshold_attack:
     benchmark:
         f"{ROOT}/benchmarks/threshold_attack/{plan.EVALUATION}.tsv"
     wildcard_constraints:
-        attack="|".join(names.THRESHOLD),
+        attack=r"(%s)(\.batchmean)?" % "|".join(names.THRESHOLD),
     conda:
         ENV
     params:

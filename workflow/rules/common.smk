@@ -44,7 +44,7 @@ wildcard_constraints:
     study=r"[A-Za-z][A-Za-z0-9_.]*",
     role=r"victim|shadow|ref\d+",
     pool="|".join(QUERY_POOLS),
-    attack=r"[a-z0-9_]+",
+    attack=r"[a-z0-9_]+(\.[a-z]+)?",
     size=r"\d+",
     seed=r"\d+",
 
@@ -245,19 +245,12 @@ def reference_spec(w):
     )
 
 
+def evaluation_of(w):
+    return plan.Evaluation(w.dataset, w.attack, w.release, victim_of(w), shadow_of(w))
+
+
 def evaluation_spec(w):
-    return as_json(
-        {
-            "dataset": w.dataset,
-            "attack": w.attack,
-            "release_name": w.release,
-            "release": plan.release_spec(CFG, w.release),
-            "seed": int(w.seed),
-            "train_size": int(w.size),
-            "victim": {"arch": w.varch, "variant": w.vvariant},
-            "shadow": {"arch": w.sarch, "variant": w.svariant},
-        }
-    )
+    return as_json(plan.evaluation_spec(CFG, evaluation_of(w)))
 
 
 def warn_cluster_gpu_limit():
@@ -288,6 +281,13 @@ def arch_weights(wildcards):
     return {"weights": weights_file(name)} if name else {}
 
 
+def inner_weights(wildcards):
+    """{"inner_weights": file} when a min-max variant's inner ResNet starts from ImageNet."""
+    variant = plan.variant_spec(CFG, wildcards.variant)
+    name = pretrained.inner_file(CFG, variant)
+    return {"inner_weights": weights_file(name)} if name else {}
+
+
 def attack_weights(wildcards):
     """{"weights": file} when the attack classifier starts from pretrained weights."""
     name = pretrained.attack_file(CFG["attack"])
@@ -298,9 +298,11 @@ def weights_args(wildcards, input):
     """--weights FILE --weights-digest DIGEST of a job with a weights input (derived from the
     input, so no tracked parameter: the file's modification time is what reruns the job).
     """
-    if "weights" not in input.keys():
-        return ""
-    digest = pretrained.digest_text(
-        Path(input.weights).name, CFG["weights"]["checksums"]
-    )
-    return f"--weights {input.weights} --weights-digest {digest}"
+    args = []
+    for key, option in (("weights", "--weights"), ("inner_weights", "--inner-weights")):
+        if key in input.keys():
+            digest = pretrained.digest_text(
+                Path(input[key]).name, CFG["weights"]["checksums"]
+            )
+            args.append(f"{option} {input[key]} {option}-digest {digest}")
+    return " ".join(args)

@@ -3,6 +3,7 @@ rule train:
         unpack(lambda w: prepared(w.dataset)),
         unpack(teacher_input),
         unpack(arch_weights),
+        unpack(inner_weights),
         split=split_file,
     output:
         model=f"{ROOT}/{plan.MODEL}/model.pt",

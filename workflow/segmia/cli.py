@@ -67,6 +67,29 @@ def _local_weights(args):
     return LocalWeights(args.weights, args.weights_digest) if args.weights else None
 
 
+def _inner_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--inner-weights",
+        type=Path,
+        help="min-max with inner_classifier: resnet34: the local ImageNet weight file its inner "
+        "attack starts from, e.g. resources/weights/resnet34-b627a593.pth (without it: random "
+        "initialisation)",
+    )
+    p.add_argument(
+        "--inner-weights-digest",
+        help="sha256:<hex> the --inner-weights file must have (a full digest or a prefix; "
+        "default: the published prefix in its file name)",
+    )
+
+
+def _local_inner_weights(args):
+    from .models.weights import LocalWeights
+
+    if not args.inner_weights:
+        return None
+    return LocalWeights(args.inner_weights, args.inner_weights_digest)
+
+
 def _device(args):
     from .runtime import setup
 
@@ -159,6 +182,7 @@ def cmd_train(args) -> None:
         _device(args),
         teacher_dir=args.teacher,
         weights=_local_weights(args),
+        inner_weights=_local_inner_weights(args),
     )
 
 
@@ -426,6 +450,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", type=Path, help="distillation: the teacher's model directory")
     s.add_argument("--out", required=True, type=Path)
     _weights(s)
+    _inner_weights(s)
     _runtime(s)
     s.set_defaults(func=cmd_train)
 

@@ -322,8 +322,18 @@ STUDY_KEYS = {
         "rmia_a",
         "rmia_gamma",
     },
+    "protocol_ablation": {"architecture", "switches", "corrected_data"},
 }
-COMMON_STUDY_KEYS = {"type", "dataset", "attacks", "train_size", "seeds", "caption", "paper"}
+COMMON_STUDY_KEYS = {
+    "type",
+    "dataset",
+    "attacks",
+    "train_size",
+    "seeds",
+    "caption",
+    "paper",
+    "protocol",
+}
 
 #: the parameters each defence type takes
 DEFENCE_KEYS = {
@@ -331,7 +341,17 @@ DEFENCE_KEYS = {
     "output_noise": {"sigma"},
     "crop": {"fraction", "epoch_factor"},
     "mixup": {"alpha"},
-    "minmax": {"lambda", "attack_lr", "attack_width", "attack_batch_size"},
+    "minmax": {
+        "lambda",
+        "attack_lr",
+        "attack_width",
+        "attack_batch_size",
+        "penalty",
+        "inner_classifier",
+        "inner_reset",
+        "inner_data",
+        "inner_input",
+    },
     "dp": {"epsilon", "delta", "max_grad_norm", "lr", "accountant", "grad_sample_mode"},
     "distillation": {"reference_size"},
 }
@@ -390,6 +410,7 @@ def _check_study(config: dict, name: str, study: dict) -> None:
             f"'{where}.attacks' lists {', '.join(needs_references)}, which need reference models: "
             "run them in a study of type attack_comparison (key reference_models)."
         )
+    _check_protocol(config, where, study)
     if study["type"] == "poisoning":
         ds = datasets[study["dataset"]]
         size = ds.get("prepare") or ds.get("synthetic") or {}
@@ -422,6 +443,37 @@ def _check_study(config: dict, name: str, study: dict) -> None:
                 f"({split['victim_pool']}) leaves none after validation, MIA and N = {held + n} "
                 "samples. Enlarge the pool or drop the defence."
             )
+
+
+def _check_protocol(config: dict, where: str, study: dict) -> None:
+    from .protocol import resolve
+
+    if study["type"] == "protocol_ablation":
+        other = study.get("corrected_data")
+        datasets = config["datasets"]
+        if other is not None and (
+            other not in datasets
+            or datasets[other]["source"] != datasets[study["dataset"]]["source"]
+            or other == study["dataset"]
+        ):
+            _fail(
+                f"'{where}.corrected_data' is {other!r}: it must name another dataset under "
+                f"'datasets' with the same source as {study['dataset']!r} (its data handling "
+                "corrected)."
+            )
+        if set(study["attacks"]) & set(REFERENCE):
+            _fail(
+                f"'{where}.attacks' lists reference-model attacks; a protocol_ablation study "
+                "runs shadow-model and threshold attacks only (e.g. type1, type2, global_loss)."
+            )
+        return
+    proto = resolve(study.get("protocol"), resolve(config.get("protocol")))
+    if proto["input_scale"] == "byte" and set(study["attacks"]) & set(REFERENCE):
+        _fail(
+            f"'{where}' trains under input_scale: byte (its protocol) and runs reference-model "
+            "attacks, whose reference models train at segmia's input scale. Run LiRA/RMIA "
+            "under protocol input_scale: unit (e.g. protocol: {input_scale: unit} in the study)."
+        )
 
 
 def _check_source_keys(name: str, ds: dict, raw: dict) -> None:

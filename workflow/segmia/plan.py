@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import protocol
 from .attacks import names
 from .config import RELEASE_DEFENCES, study_seeds
 from .data.names import REFERENCE_POOL
@@ -36,6 +37,7 @@ STUDY_FIGURES = {
     "poisoning": ("poisoning", "roc"),
     "attack_comparison": ("roc",),
     "training_sizes": ("training_size", "roc"),
+    "protocol_ablation": ("protocol_ablation",),
 }
 #: every figure kind a study can render (the ``segmia figure`` choices)
 FIGURES = tuple(sorted({f for figures in STUDY_FIGURES.values() for f in figures}))
@@ -46,6 +48,7 @@ STUDY_TABLES = {
     "poisoning": "poisoning",
     "attack_comparison": "attacks",
     "training_sizes": "training_size",
+    "protocol_ablation": "protocol_ablation",
 }
 
 
@@ -207,8 +210,30 @@ def references(model: Model, k: int) -> list[Model]:
 
 def study_evaluations(config: dict, name: str) -> list[Evaluation]:
     study = config["studies"][name]
+    if study["type"] == "protocol_ablation":
+        evaluations = []
+        for _, proto, dataset in protocol.ablation_arms(study):
+            evaluations += _evaluations(config, {**study, "dataset": dataset}, proto)
+        return list(dict.fromkeys(evaluations))
+    return _evaluations(config, study, study_protocol(config, study))
+
+
+def _evaluations(config: dict, study: dict, proto: dict) -> list[Evaluation]:
     dataset, size = study["dataset"], train_size(config, study)
     kind = study["type"]
+
+    def model(role, arch, variant, n, seed):
+        return Model(dataset, role, arch, protocol.model_variant(variant, proto), n, seed)
+
+    def evaluation(attack, release, victim, shadow):
+        return Evaluation(
+            dataset,
+            protocol.attack(attack, proto),
+            protocol.release(release, attack, proto),
+            victim,
+            shadow,
+        )
+
     if kind == "architectures":
         archs = study["architectures"]
         pairs = [(v, "none", s, "none") for v in archs for s in archs]
@@ -217,25 +242,27 @@ def study_evaluations(config: dict, name: str) -> list[Evaluation]:
     elif kind == "training_sizes":
         arch = study["architecture"]
         return [
-            Evaluation(
-                dataset,
+            evaluation(
                 attack,
                 "none",
-                Model(dataset, "victim", arch, "none", n, seed),
-                Model(dataset, "shadow", arch, "none", n, seed),
+                model("victim", arch, "none", n, seed),
+                model("shadow", arch, "none", n, seed),
             )
             for seed in study_seeds(config, study)
             for n in study["sizes"]
             for attack in study["attacks"]
         ]
+    elif kind == "protocol_ablation":
+        arch = study["architecture"]
+        pairs = [(arch, "none", arch, "none")]
     else:  # dp_sweep, poisoning: one victim per training variant, undefended shadow
         arch = study["architecture"]
         pairs = [(arch, v, arch, "none") for v in _study_variants(config, study)]
     evaluations = []
     for seed in study_seeds(config, study):
         for varch, vvariant, sarch, release in pairs:
-            victim = Model(dataset, "victim", varch, vvariant, size, seed)
-            shadow = Model(dataset, "shadow", sarch, "none", size, seed)
+            victim = model("victim", varch, vvariant, size, seed)
+            shadow = model("shadow", sarch, "none", size, seed)
             for attack in study["attacks"]:
                 if attack in REFERENCE_ATTACKS:  # "shadow" = the set of K reference models
                     refs = Model(
@@ -243,7 +270,7 @@ def study_evaluations(config: dict, name: str) -> list[Evaluation]:
                     )
                     evaluations.append(Evaluation(dataset, attack, release, victim, refs))
                 else:
-                    evaluations.append(Evaluation(dataset, attack, release, victim, shadow))
+                    evaluations.append(evaluation(attack, release, victim, shadow))
     return list(dict.fromkeys(evaluations))
 
 
@@ -283,7 +310,7 @@ def study_backdoors(config: dict, name: str) -> list[str]:
     specs = variants(config)
     out = []
     for model in study_victims(config, name):
-        own = specs[model.variant].get("trigger")
+        own = specs[protocol.split_variant(model.variant)[0]].get("trigger")
         for trigger in [own] if own else study["triggers"]:
             out.append(
                 BACKDOOR.format(
@@ -314,29 +341,81 @@ def study_figures(config: dict, name: str) -> list[str]:
 
 def model_spec(config: dict, model: Model) -> dict:
     ds = config["datasets"][model.dataset]
+    base, switches = protocol.split_variant(model.variant)
+    variant = variant_spec(config, model.variant)
+    training = ds["training"]
+    if switches["input_scale"] != protocol.SEGMIA["input_scale"]:
+        training = {**training, "input_scale": switches["input_scale"]}
+    # reference models draw from the reference universe, min-max's inner attack may train on the
+    # MIA set: both need the dataset's split sizes
+    needs_split = model.pool == "reference" or variant["type"] == "minmax"
     return {
         "dataset": model.dataset,
         "role": model.role,
         "pool": model.pool,
         "arch_name": model.arch,
         "arch": config["architectures"][model.arch],
-        "variant_name": model.variant,
-        "variant": variant_spec(config, model.variant),
+        "variant_name": base,
+        "variant": variant,
         "train_size": model.size,
         "seed": model.seed,
-        "training": ds["training"],
-        **({"split": ds["split"]} if model.pool == "reference" else {}),
+        "training": training,
+        **({"split": ds["split"]} if needs_split else {}),
     }
 
 
 def variant_spec(config: dict, name: str) -> dict:
-    return variants(config)[name]
+    """The training variant of a model's variant name (protocol tokens aside)."""
+    return variants(config)[protocol.split_variant(name)[0]]
 
 
 def release_spec(config: dict, name: str) -> dict:
-    return releases(config)[name]
+    """What the attacker is given under a release name (``none.logits``: the raw logits)."""
+    base, switches = protocol.split_release(name)
+    spec = releases(config)[base]
+    return {**spec, "logits": True} if switches["attacker_input"] == "logits" else spec
 
 
 def teacher(model: Model) -> Model:
-    """The teacher of a distilled victim: the undefended victim (same architecture, size, seed)."""
-    return Model(model.dataset, model.role, model.arch, "none", model.size, model.seed)
+    """The teacher of a distilled victim: the undefended victim (same architecture, size, seed,
+    and protocol)."""
+    _, switches = protocol.split_variant(model.variant)
+    variant = protocol.model_variant("none", switches)
+    return Model(model.dataset, model.role, model.arch, variant, model.size, model.seed)
+
+
+def study_protocol(config: dict, study: dict) -> dict:
+    """The study's protocol switches (its ``protocol`` over the config's)."""
+    return protocol.resolve(study.get("protocol"), protocol.resolve(config.get("protocol")))
+
+
+def evaluation_spec(config: dict, ev: Evaluation) -> dict:
+    """The JSON an attack job receives: config names without protocol tokens, and the protocol
+    switches its path carries (``protocol``)."""
+    attack, attack_switches = protocol.split_attack(ev.attack)
+    release, release_switches = protocol.split_release(ev.release)
+    victim, victim_switches = protocol.split_variant(ev.victim.variant)
+    shadow, _ = protocol.split_variant(ev.shadow.variant)
+    return {
+        "dataset": ev.dataset,
+        "attack": attack,
+        "release_name": release,
+        "release": release_spec(config, ev.release),
+        "seed": ev.seed,
+        "train_size": ev.size,
+        "victim": {"arch": ev.victim.arch, "variant": victim},
+        "shadow": {"arch": ev.shadow.arch, "variant": shadow},
+        "protocol": {**victim_switches, **release_switches, **attack_switches},
+    }
+
+
+def attack_fit_spec(config: dict, ev: Evaluation) -> dict:
+    """The JSON of ``fit_attack``: a learned attack fitted on the shadow's outputs."""
+    release, _ = protocol.split_release(ev.release)
+    return {
+        "attack": ev.attack,
+        "release_name": release,
+        "release": release_spec(config, ev.release),
+        "recipe": config["attack"],
+        "shadow": ev.shadow.path(),
+    }

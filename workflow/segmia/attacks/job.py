@@ -33,6 +33,7 @@ import torch
 from ..io import read_csv, read_json, read_torch, write_csv, write_json, write_torch
 from ..models.losses import per_image_dice_loss
 from ..models.weights import attack_file, require
+from ..protocol import SEGMIA
 from ..runtime import Checkpoint, stable_seed
 from .classifier import build_classifier, learned_inputs, score_attack, train_attack, with_weights
 from .features import feature_channels
@@ -197,7 +198,14 @@ def threshold_job(
     query = QuerySet(victim_query, data_dir)
     scores = _released_statistic(query, kind, spec["release"])
     if kind == "global_loss":
-        threshold = -read_json(Path(shadow_model) / "metrics.json")["train_loss"]
+        # protocol "threshold": the shadow's last-epoch loss weighted by batch size (segmia) or
+        # the unweighted mean of its batch losses (the original)
+        key = (
+            "train_loss_batch_mean"
+            if spec.get("protocol", {}).get("threshold") == "batch_mean"
+            else "train_loss"
+        )
+        threshold = -read_json(Path(shadow_model) / "metrics.json")[key]
     else:
         shadow = QuerySet(Path(shadow_model) / "queries" / "shadow", data_dir)
         threshold = best_threshold(
@@ -334,6 +342,7 @@ def write_evaluation(
         "f1": protocol["f1"],
         "n_members": int(labels.sum()),
         "n_nonmembers": int((1 - labels).sum()),
+        **{**SEGMIA, **spec.get("protocol", {})},  # the protocol switches it ran under
     }
     write_csv(
         out_dir / "scores.csv",

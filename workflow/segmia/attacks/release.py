@@ -1,6 +1,8 @@
 """What the victim releases per query: its output map, post-processed by an output defence.
 
-``none``: per-pixel probabilities (sigmoid or softmax of the logits).
+``none``: per-pixel probabilities (sigmoid or softmax of the logits); with ``logits: true`` (the
+protocol switch ``attacker_input: logits``, as the original code's Type-I/II attacks) the raw
+logits themselves.
 ``argmax``: hard labels only, as a one-hot map (binary: logit > 0). With ``faithful: true`` the
 original code's ``round(logit)`` for binary tasks.
 ``output_noise``: probabilities plus Gaussian noise N(0, sigma), clipped at 0 and renormalised to
@@ -24,7 +26,7 @@ def release(logits: torch.Tensor, spec: dict, sample_ids: list[str] | None = Non
     kind = spec.get("type", "none")
     logits = logits.float()
     if kind == "none":
-        return probabilities(logits)
+        return logits if spec.get("logits", False) else probabilities(logits)
     if kind == "argmax":
         if spec.get("faithful", False) and logits.shape[1] == 1:
             return torch.round(logits)

@@ -22,7 +22,7 @@ from ..runtime import Checkpoint, stable_seed
 from .registry import build_model
 from .train import Arrays, Extras, Recipe, Task, fit
 from .variants import batch_transform, epochs_for
-from .weights import LocalWeights, arch_file, require
+from .weights import LocalWeights, WeightsError, arch_file, require
 
 log = logging.getLogger("segmia")
 
@@ -50,18 +50,37 @@ def training_rows(split, spec: dict):
     return train_indices(split, spec["pool"], spec["train_size"])
 
 
-def _extras(spec, data, train, val, device) -> Extras:
-    """The training variant's additions to the plain loop."""
+def _extras(
+    spec, data, train, val, device, *, split=None, on_device=None, inner_weights=None
+) -> Extras:
+    """The training variant's additions to the plain loop. Min-max: ``split`` (the split table)
+    and ``on_device`` (where the data lives) build the MIA set its inner attack may train on
+    (``inner_data: mia_set``); ``inner_weights``: the ImageNet file of its ResNet-34."""
     variant = spec["variant"]
     kind = variant["type"]
     extras = Extras(transform=batch_transform(variant))
     if kind == "dp":
         extras.private = {**variant, "delta": variant.get("delta") or 1.0 / len(train)}
     if kind == "minmax":
-        from .minmax import MinMax
+        from .minmax import MinMax, inner_mia_set, switches
 
+        mia = None
+        if switches(variant)["inner_data"] == "mia_set":
+            if split is None:
+                raise SegmiaError(
+                    "the min-max variant trains its inner attack on the MIA set, but no split "
+                    "table was given to build it."
+                )
+            mia = inner_mia_set(split, spec, data, on_device or device)
         extras.regulariser = MinMax(
-            variant, train, val, data.out_channels, data.ignore_index, device
+            variant,
+            train,
+            val,
+            data.out_channels,
+            data.ignore_index,
+            device,
+            mia=mia,
+            weights=inner_weights,
         )
     return extras
 
@@ -74,12 +93,22 @@ def train_job(
     device: torch.device,
     teacher_dir: str | Path | None = None,
     weights: LocalWeights | None = None,
+    *,
+    inner_weights: LocalWeights | None = None,
 ) -> dict:
     """Train the model described by ``spec`` (a training variant included) into ``out_dir``;
     ``weights``: the local file of its encoder's pretrained weights (required when the
-    architecture has ``encoder_weights``; never downloaded)."""
+    architecture has ``encoder_weights``; never downloaded); ``inner_weights``: the ImageNet
+    file of a min-max variant's ResNet-34 inner attack (``inner_classifier: resnet34``; without
+    it that ResNet starts at random)."""
     out_dir = Path(out_dir)
     require(arch_file(spec["arch"]), weights, f"architecture {spec['arch_name']!r}")
+    if inner_weights is not None and spec["variant"]["type"] != "minmax":
+        raise WeightsError(
+            f"--inner-weights {inner_weights.path} was given, but the variant "
+            f"{spec['variant_name']!r} is not min-max (only its inner attack takes them); drop "
+            "--inner-weights."
+        )
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
     pool, variant = spec["pool"], spec["variant"]
@@ -128,6 +157,7 @@ def train_job(
         data.out_channels,
         private=variant["type"] == "dp",
         weights=weights,
+        input_scale=spec["training"].get("input_scale", "unit"),
     )
     log.info(
         "training %s/%s %s (%s) on %d samples (validation %d), %d epochs, device %s",
@@ -151,7 +181,16 @@ def train_job(
         out_dir,
         spec,
         device,
-        extras=_extras(spec, data, train, val, device),
+        extras=_extras(
+            spec,
+            data,
+            train,
+            val,
+            device,
+            split=split,
+            on_device=on_device,
+            inner_weights=inner_weights,
+        ),
         name=f"{spec['role']}/{spec['arch_name']}/{spec['variant_name']}",
     )
     seconds = sum(r["seconds"] for r in rows)
@@ -162,11 +201,13 @@ def train_job(
         "arch": spec["arch_name"],
         "variant": spec["variant_name"],
         "variant_spec": variant,
+        "input_scale": spec["training"].get("input_scale", "unit"),
         "train_size": spec["train_size"],
         "seed": spec["seed"],
         "val_dice": last["val_dice"],
         "val_iou": last["val_iou"],
         "train_loss": last["train_loss"],
+        "train_loss_batch_mean": last["train_loss_batch_mean"],
         "val_loss": last["val_loss"],
         "epochs": len(rows),
         "train_seconds": seconds + extra_metrics.get("teacher_seconds", 0.0),
@@ -201,7 +242,11 @@ def load_model(model_dir: str | Path, in_channels: int, out_channels: int, devic
     model_dir = Path(model_dir)
     spec = read_json(model_dir / "spec.json")
     model = build_model(
-        spec["arch"], in_channels, out_channels, private=spec.get("variant", {}).get("type") == "dp"
+        spec["arch"],
+        in_channels,
+        out_channels,
+        private=spec.get("variant", {}).get("type") == "dp",
+        input_scale=spec["training"].get("input_scale", "unit"),
     )
     model.load_state_dict(read_torch(model_dir / "model.pt"))
     return model.to(device).eval(), spec

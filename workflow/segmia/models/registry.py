@@ -21,8 +21,12 @@ def build_model(
     out_channels: int,
     private: bool = False,
     weights: LocalWeights | None = None,
+    input_scale: str = "unit",
 ) -> nn.Module:
     """The architecture ``arch`` (a config entry) for ``in_channels`` -> ``out_channels``.
+
+    The pipeline feeds every model uint8 images / 255; ``input_scale: byte`` (the protocol switch
+    of the original code's 0-255 inputs) wraps the network in :class:`ByteInput`.
 
     ``weights``: the local file of the encoder's pretrained weights (``arch['encoder_weights']``;
     see :mod:`.weights`), loaded before the model is made private. Without it such an encoder is
@@ -52,7 +56,24 @@ def build_model(
         )
     else:  # the schema only admits FAMILIES
         raise SegmiaError(f"unknown architecture family {family!r}; known: {', '.join(FAMILIES)}")
-    return make_private_compatible(model) if private else model
+    model = make_private_compatible(model) if private else model
+    if input_scale == "byte":
+        return ByteInput(model)
+    if input_scale != "unit":
+        raise SegmiaError(f"unknown input_scale {input_scale!r}; known: unit, byte")
+    return model
+
+
+class ByteInput(nn.Module):
+    """A network that sees its [0, 1] input as the 0-255 floats of the original code (no
+    normalisation there either): the protocol switch ``input_scale: byte``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 255.0)
 
 
 #: smp's U-Net decoder channels (its first ``encoder_depth`` entries are the default)

@@ -225,7 +225,7 @@ def fit(
             batches = (
                 order[i : i + recipe.batch_size] for i in range(0, len(train), recipe.batch_size)
             )
-        total, count, penalty = 0.0, 0, 0.0
+        total, count, penalty, batch_losses = 0.0, 0, 0.0, []
         for idx in batches:
             if engine is not None and len(idx) == 0:  # an empty Poisson batch: noise only
                 from .private import step_on_empty_batch
@@ -250,12 +250,15 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             if len(idx):
-                total += float(loss.detach()) * len(idx)
+                batch_losses.append(float(loss.detach()))
+                total += batch_losses[-1] * len(idx)
             count += len(idx)
         val_scores = evaluate(trained, val, val_loss_fn, task, recipe.batch_size, device, amp)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / max(count, 1),
+            # the original's global-loss threshold: batches unweighted (protocol "threshold")
+            "train_loss_batch_mean": sum(batch_losses) / max(len(batch_losses), 1),
             "val_loss": val_scores["loss"],
             "val_dice": val_scores["dice"],
             "val_iou": val_scores["iou"],

@@ -138,13 +138,24 @@ def attack_file(recipe: dict) -> str | None:
     return ATTACK_FILES.get(recipe.get("classifier"))
 
 
+def inner_file(config: dict, variant: dict) -> str | None:
+    """The weight file of a min-max variant's inner ResNet-34 (the original's ImageNet ResNet,
+    when the attack classifiers are ``pretrained``), or None."""
+    if variant.get("type") != "minmax" or variant.get("inner_classifier") != "resnet34":
+        return None
+    return attack_file({**config["attack"], "classifier": "resnet34"})
+
+
 def needed(config: dict) -> list[str]:
     """The weight files a validated config needs: the encoders of the architectures its models
-    use, and the attack classifier's when a study runs a learned attack."""
+    use, the attack classifier's when a study runs a learned attack, and the min-max inner
+    attack's."""
     from ..attacks.names import LEARNED
-    from ..plan import all_models
+    from ..plan import all_models, variant_spec
 
-    names = {arch_file(config["architectures"][a]) for a in {m.arch for m in all_models(config)}}
+    models = all_models(config)
+    names = {arch_file(config["architectures"][a]) for a in {m.arch for m in models}}
+    names |= {inner_file(config, variant_spec(config, m.variant)) for m in models}
     if any(set(s["attacks"]) & set(LEARNED) for s in config["studies"].values()):
         names.add(attack_file(config["attack"]))
     return sorted(n for n in names if n)

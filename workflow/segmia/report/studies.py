@@ -15,7 +15,7 @@ import pandas as pd
 from ..attacks.names import FAMILY
 from ..attacks.names import LABELS as ATTACK_LABELS
 from ..io import atomic_path, read_json, write_csv
-from . import figures, paper
+from . import ablation, figures, paper
 from .summary import collect_evaluations
 from .tables import cell, write_grid_tables
 
@@ -76,6 +76,9 @@ def load(
         frame["label"] = [
             f"{t}, p = {r:g}" for t, r in zip(frame["trigger"], frame["rate"], strict=True)
         ]
+    elif kind == "protocol_ablation":
+        frame = ablation.arms_frame(frame, study)
+        frame["label"] = frame["arm"]
     back = pd.DataFrame([read_json(p) for p in backdoors]) if backdoors else pd.DataFrame()
     return frame, victims, back
 
@@ -170,6 +173,16 @@ def write_table(
             title,
             reference=paper.architecture_grid(reference, table),
             reference_title=paper.REFERENCES.get(reference, ""),
+        )
+        return
+    if kind == "protocol_ablation":
+        numeric = ablation.changes(frame, study)
+        _write(
+            stem,
+            numeric,
+            ablation.formatted(numeric),
+            f"{study_name}: what each protocol switch changes",
+            ablation.note(study, seeds),
         )
         return
     if kind == "training_sizes":
@@ -389,6 +402,13 @@ def draw_figure(
     elif figure == "poisoning":
         figures.poisoning_curves(
             frame, back, out, f"{study_name}: leakage under poisoning", ATTACK_LABELS, dpi
+        )
+    elif figure == "protocol_ablation":
+        ablation.figure(
+            ablation.changes(frame, study),
+            out,
+            f"{study_name}: change from the original protocol per switch",
+            dpi,
         )
     else:
         raise ValueError(f"no figure {figure!r}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import read_json
+from ..protocol import SEGMIA
 
 MODEL_COLUMNS = [
     "dataset",
@@ -70,10 +71,11 @@ def collect_evaluations(study: str, paths: list[str | Path]) -> pd.DataFrame:
                 "train_size": m["train_size"],
                 **{k: m[k] for k in ATTACK_COLUMNS[9:]},
                 "shadow_variant": m["shadow_variant"],
+                **{k: m.get(k, v) for k, v in SEGMIA.items()},  # protocol switches
                 "path": str(Path(p).parent),
             }
         )
-    return pd.DataFrame(rows, columns=ATTACK_COLUMNS + ["shadow_variant", "path"])
+    return pd.DataFrame(rows, columns=ATTACK_COLUMNS + ["shadow_variant", *SEGMIA, "path"])
 
 
 def concat(paths: list[str | Path]) -> pd.DataFrame:
