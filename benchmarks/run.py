@@ -451,7 +451,7 @@ def extract_case(bench: Bench, dataset: str, name: str, arch: dict, tmp: Path) -
     def batched(bs, kwargs):
         def run():
             predict_logits(model, images, rows, bs, device, out, **kwargs)
-            per_image_stats(out, masks, None)
+            per_image_stats(out, masks, None, device=device)
 
         return run
 
@@ -971,12 +971,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {bench.meta['device_name']}, {args.threads} threads, load {load[0]:.1f}")
     run = set(args.only or [g for g in groups if g != "demo"]) | ({"demo"} if args.demo else set())
     stem = args.out or REPO / "benchmarks" / "results" / f"{device.type}-{bench.meta['date']}"
-    steps = {
+    steps = {  # cheapest and most used by `segmia estimate` first (a time limit keeps them)
         "startup": run_startup,
-        "extract": run_extract,
-        "query": run_query,
         "train": lambda b: run_train(b, private=False),
         "dp": lambda b: run_train(b, private=True),
+        "extract": run_extract,
+        "query": run_query,
         "attack": run_attack,
         "demo": run_demo,
     }

@@ -37,8 +37,9 @@ def test_demo_trainings_match_the_dag_and_the_original_cells(demo):
     assert c.models == len(study["defences"]) + 1 + k  # victims, the shadow, K references
     assert c.original == 2 * c.cells + (k - 1) * n_ref * len(study["defences"])
     total = sum(r.new_models for r in rows.values())
-    assert total == len(plan.all_models(demo)) == 33  # what `snakemake -n` schedules
-    assert sum(r.original for r in rows.values()) == 327
+    # + the protocol ablation: byte-input victim and shadow per seed (2), seed 1's unit pair
+    assert total == len(plan.all_models(demo)) == 39  # what `snakemake -n` schedules
+    assert sum(r.original for r in rows.values()) == 355
 
 
 def test_paper_config_counts():
@@ -64,6 +65,7 @@ def _csv(path, rows):
         "setting",
         "pipeline",
         "images_per_s",
+        "startup_s",
         "device",
         "device_name",
         "threads",
@@ -130,8 +132,9 @@ def test_estimate_by_hand(tmp_path, demo):
     ds = demo["datasets"]["synthetic_ct"]["split"]
     epochs, n, val, k = demo["training"]["epochs"], ds["train_size"], ds["val_size"], ds["mia_size"]
     assert dataset_shape(demo, "synthetic_ct") == (1, 64, 64, 1)
-    # 4 models: epochs x (n / 10 + val / 100) each; queries 2k / 100 each
-    assert study["train"] == pytest.approx(4 * epochs * (n / 10 + val / 100))
+    # queries 2k / 100 each
+    # 4 models: epochs x (n / 10 + val / 30: validation is a forward pass, a third of a step)
+    assert study["train"] == pytest.approx(4 * epochs * (n / 10 + val / 30))
     assert study["query"] == pytest.approx(4 * 2 * k / 100)
     attack = demo["attack"]
     # 2 attack kinds x 2 shadows fitted; type2 has 2 channels (scaled from the 1-channel row: same)
@@ -146,6 +149,49 @@ def test_estimate_by_hand(tmp_path, demo):
     }
 
 
+def test_estimate_adds_each_planned_jobs_start_up(tmp_path, demo):
+    per_job = {
+        "train": 2.0,
+        "query": 1.0,
+        "fit_attack": 3.0,
+        "eval_attack": 0.5,
+        "threshold_attack": 0.25,
+        "table": 0.1,
+    }
+    startup = [{"group": "startup", "setting": k, "startup_s": v} for k, v in per_job.items()]
+    _csv(tmp_path / "t.csv", _rates(demo) + startup)
+    config = {**demo, "studies": {"architectures_ct": demo["studies"]["architectures_ct"]}}
+    (study,), look = estimate(config, read_throughput(tmp_path / "t.csv"))
+    # 4 models (train + query each), 4 fitted attacks (2 kinds x 2 shadows), 8 learned and 4
+    # global-loss evaluations, 3 tables + 2 figures
+    assert study["startup"] == pytest.approx(
+        4 * 2.0 + 4 * 1.0 + 4 * 3.0 + 8 * 0.5 + 4 * 0.25 + 5 * 0.1
+    )
+    assert study["jobs"] == 4 + 4 + 4 + 8 + 4 + 5
+    assert not look.missing
+    # without startup rows the stage is reported as not measured
+    _, look = estimate(
+        config,
+        read_throughput(tmp_path / "t.csv").__class__(
+            r for r in read_throughput(tmp_path / "t.csv") if r["group"] != "startup"
+        ),
+    )
+    assert look.missing == {"startup"}
+
+
+def test_estimate_without_attack_rows_says_what_is_not_measured(tmp_path, demo):
+    rows = [r for r in _rates(demo) if not r["group"].startswith("attack")]
+    _csv(tmp_path / "t.csv", rows)
+    out = run_segmia(
+        "estimate",
+        "--configfile",
+        str(REPO / "config" / "demo.yaml"),
+        "--throughput",
+        str(tmp_path / "t.csv"),
+    ).stdout
+    assert "NOT MEASURED" in out and "attack_train small_cnn" in out and "n/a" in out
+
+
 def test_estimate_cli_and_missing_rows(tmp_path, demo):
     _csv(tmp_path / "t.csv", _rates(demo))
     out = run_segmia(
@@ -158,7 +204,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
         "50",
     ).stdout
     assert "THESE ARE CPU NUMBERS" in out and "GPU-h (extrapolated)" in out
-    assert "segmentation trainings: 33" in out and "327" in out
+    assert "segmentation trainings: 39" in out and "355" in out
     # synthetic_scenes rows are missing: scaled from the 64x64 rows by pixel count
     assert "scaled by pixel count" in out
     rows = [r for r in _rates(demo) if r["group"] != "dp_train"]
@@ -169,7 +215,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
 
 def test_trainings_cli():
     out = run_segmia("trainings", "--configfile", str(REPO / "config" / "demo.yaml")).stdout
-    assert "33 trainings instead of 327" in out
+    assert "39 trainings instead of 355" in out
 
 
 def test_the_dag_trains_each_model_once(tmp_path, demo):
@@ -182,7 +228,7 @@ def test_the_dag_trains_each_model_once(tmp_path, demo):
         "-n", "--cores", "1", workdir=tmp_path, configfile=write_config(tmp_path, config)
     )
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
-    assert int(jobs["train"]) == sum(r.new_models for r in count_trainings(demo)) == 33
+    assert int(jobs["train"]) == sum(r.new_models for r in count_trainings(demo)) == 39
 
 
 def test_default_throughput_prefers_the_newest_gpu_csv(tmp_path):

@@ -207,3 +207,18 @@ def test_ablation_table_pairs_each_arm_with_the_original_by_seed():
     assert table.loc[("threshold", "type2"), "d_accuracy_mean"] == pytest.approx(0.0)
     assert table.loc[("original", "type2"), "auc_mean"] == pytest.approx(0.725)
     assert (table["seeds"] == 2).all()
+
+
+def test_validate_every_k_epochs_validates_the_first_every_kth_and_the_last(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 1, 16, 16), dtype=np.uint8)
+    masks = (rng.random((8, 16, 16)) > 0.5).astype(np.uint8)
+    device = torch.device("cpu")
+    data = Arrays.from_numpy(images, masks, np.arange(8), device)
+    recipe = Recipe(epochs=4, batch_size=4, lr=1e-3, validate_every=2)
+    _, rows, _ = fit(
+        build_model(TINY, 1, 1), data, data, recipe, Task(2, None), 0, tmp_path, {}, device
+    )
+    validated = [not np.isnan(r["val_loss"]) for r in rows]
+    assert validated == [True, False, True, True]  # epochs 1, 3 and the last
+    assert all(not np.isnan(r["train_loss"]) for r in rows)

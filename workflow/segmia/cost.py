@@ -42,7 +42,7 @@ NOTES = (
     "variants; crop training scaled by the crop's pixel fraction; distillation: the student "
     "trains on at most reference_size images, the teacher labels them once; min-max: the inner "
     "attack's epoch is counted as one extra forward pass over members + held-out images), plus "
-    "one validation pass per epoch",
+    "one validation pass per epoch (a forward pass: a third of a plain training step)",
     "query = members + non-members of the MIA set through the model, with per-image losses (a "
     "LiRA/RMIA reference model: the reference universe, about 2N + validation + MIA-set size)",
     "attack fit = epochs x MIA set / classifier training throughput, plus scoring the shadow "
@@ -50,7 +50,23 @@ NOTES = (
     "threshold attacks (global loss) cost nothing measurable",
     "a shape without its own benchmark row is scaled from the same architecture's nearest "
     "measured shape by pixel count",
+    "start-up = each planned job's fixed cost (interpreter, imports, device initialisation, model "
+    "build and first forward; the benchmark's startup rows) x the jobs of its rule: train and "
+    "query per new model, fit per learned attack model, one job per evaluation, per table and "
+    "per figure",
 )
+#: the benchmark's startup row (``setting``) that stands for each rule's jobs
+STARTUP_RULES = {
+    "train": "train",
+    "query": "query",
+    "fit_attack": "fit_attack",
+    "eval_attack": "eval_attack",
+    "threshold_attack": "threshold_attack",
+    "reference_attacks": "eval_attack",
+    "report": "table",
+}
+#: benchmark groups an estimate can do without (their stage is then "not measured")
+OPTIONAL_GROUPS = ("attack_train", "attack_score")
 
 
 def dataset_shape(config: dict, name: str) -> tuple[int, int, int, int]:
@@ -181,11 +197,12 @@ def read_throughput(path: str | Path) -> list[dict]:
         raise SegmiaError(f"cannot read the benchmark CSV {path}: {err}") from None
     if not rows or "images_per_s" not in rows[0]:
         raise SegmiaError(f"{path}: not a benchmark CSV of benchmarks/run.py")
-    rows = [r for r in rows if r["images_per_s"] not in (None, "")]  # the demo: a wall time
+    # rows without a rate (the demo's wall time) serve no lookup, but a job's start-up does
+    rows = [r for r in rows if r["images_per_s"] not in (None, "") or r["group"] == "startup"]
     for row in rows:
         for key in ("in_channels", "height", "width", "out_channels", "batch_size"):
             row[key] = int(row[key]) if row.get(key) not in (None, "") else None
-        row["images_per_s"] = float(row["images_per_s"])
+        row["images_per_s"] = float(row["images_per_s"] or "nan")
     return rows
 
 
@@ -209,6 +226,25 @@ def default_throughput(search: list[Path] | None = None) -> Path:
 class Lookup:
     rows: list[dict]
     scaled: set[str] = field(default_factory=set)
+    missing: set[str] = field(default_factory=set)
+
+    def startup(self, rule: str) -> float | None:
+        """Seconds of fixed cost per job of ``rule`` (None: the CSV has no startup rows)."""
+        setting = STARTUP_RULES[rule]
+        for r in self.rows:
+            if r["group"] == "startup" and r.get("setting") == setting:
+                return float(r["startup_s"])
+        return None
+
+    def optional_rate(self, group: str, key: str, shape: tuple, batch_size=None) -> float:
+        """:meth:`rate`, or NaN (recorded in ``missing``) when an optional group has no row."""
+        try:
+            return self.rate(group, key, shape, batch_size)
+        except SegmiaError:
+            if group not in OPTIONAL_GROUPS:
+                raise
+            self.missing.add(f"{group} {key}")
+            return math.nan
 
     def rate(
         self, group: str, key: str, shape: tuple, batch_size: int | None = None, **match
@@ -251,7 +287,7 @@ class Lookup:
         return rate
 
 
-STAGES = ("train", "query", "attack_fit", "attack_eval")
+STAGES = ("train", "query", "attack_fit", "attack_eval", "startup")
 
 
 def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
@@ -266,11 +302,17 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
     out = []
     for name in config["studies"]:
         cost = dict.fromkeys(STAGES, 0.0)
+        jobs = dict.fromkeys(STARTUP_RULES, 0)
+        jobs["report"] = len(plan.study_tables(config, name)) + len(
+            plan.study_figures(config, name)
+        )
         models = study_models(config, name)
         for model in models:
             if model in done_models:
                 continue
             done_models.add(model)
+            jobs["train"] += 1
+            jobs["query"] += 1
             ds = config["datasets"][model.dataset]
             shape = dataset_shape(config, model.dataset)
             arch = config["architectures"][model.arch]
@@ -294,7 +336,9 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
                 cost["train"] += images / infer
             seconds = epochs * images / rate
             val = int(ds["split"]["val_size"])
-            seconds += epochs * val / look.rate("extract", key, shape, batch)
+            # validation: a forward pass with on-device metrics, about a third of a plain
+            # training step (backward ~ 2x forward)
+            seconds += epochs * val / (3 * look.rate("train", key, shape, batch))
             if variant["type"] == "minmax":
                 seconds += epochs * 2 * model.size / infer
             cost["train"] += seconds
@@ -302,27 +346,45 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
             # a reference model answers on the reference universe: 2N + the population
             queried = 2 * model.size + val + k if model.pool == "reference" else 2 * k
             cost["query"] += queried / infer
+        references = set()
         for ev in plan.study_evaluations(config, name):
             ds = config["datasets"][ev.dataset]
             c, h, w, k_out = dataset_shape(config, ev.dataset)
             n = 2 * min(int(ds["split"]["mia_size"]), ev.size)
             attack_model = ev.attack_model()
-            if attack_model is None:
+            if ev.shadow.role == "reference":
+                references.add((ev.victim, ev.shadow))  # one job runs every reference attack
                 continue
-            channels = 2 * k_out if ev.attack == "type2" else k_out
+            if attack_model is None:
+                jobs["threshold_attack"] += 1
+                continue
+            jobs["eval_attack"] += 1
+            base = ev.attack.split(".")[0]
+            channels = 2 * k_out if base == "type2" else k_out
             shape = (channels, h, w, None)
-            score = look.rate("attack_score", recipe["classifier"], shape)
+            score = look.optional_rate("attack_score", recipe["classifier"], shape)
             if attack_model not in done_attacks:
                 done_attacks.add(attack_model)
-                fit = look.rate("attack_train", recipe["classifier"], shape, recipe["batch_size"])
+                jobs["fit_attack"] += 1
+                fit = look.optional_rate(
+                    "attack_train", recipe["classifier"], shape, recipe["batch_size"]
+                )
                 cost["attack_fit"] += recipe["epochs"] * n / fit + n / score
             cost["attack_eval"] += (1 + recipe["last_k"]) * n / score
+        jobs["reference_attacks"] = len(references)
+        for rule, count in jobs.items():
+            per_job = look.startup(rule)
+            if per_job is None:
+                look.missing.add("startup")
+                per_job = 0.0
+            cost["startup"] += count * per_job
         out.append(
             {
                 "study": name,
                 "models": len(models),
                 **cost,
-                "total": sum(cost.values()),
+                "jobs": sum(jobs.values()),
+                "total": sum(v for v in cost.values() if not math.isnan(v)),
             }
         )
     return out, look
@@ -384,7 +446,10 @@ def estimate_report(
                 "with --throughput (or extrapolate with --gpu-tflops or --speedup)."
             )
         )
-    head = f"| study | models (new) | train {unit} | query {unit} | attack fit {unit} | attack eval {unit} | total {unit} |"
+    head = (
+        f"| study | models (new) | jobs | train {unit} | query {unit} | attack fit {unit} | "
+        f"attack eval {unit} | start-up {unit} | total {unit} |"
+    )
     if on_cpu and speedup:
         head += " GPU-h (extrapolated) |"
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
@@ -392,14 +457,19 @@ def estimate_report(
     total = dict.fromkeys((*STAGES, "total"), 0.0)
     for s in studies:
         t = trainings[s["study"]]
-        cells = [f"{s[k] / 3600:.2f}" for k in (*STAGES, "total")]
-        line = f"| {s['study']} | {t.models} ({t.new_models}) | " + " | ".join(cells) + " |"
+        cells = [_hours(s[k]) for k in (*STAGES, "total")]
+        line = (
+            f"| {s['study']} | {t.models} ({t.new_models}) | {s['jobs']} | "
+            + " | ".join(cells)
+            + " |"
+        )
         if on_cpu and speedup:
             line += f" {s['total'] / 3600 / speedup:.2f} |"
         lines.append(line)
         for k in total:
             total[k] += s[k]
-    line = "| **total** | | " + " | ".join(f"{total[k] / 3600:.2f}" for k in total) + " |"
+    jobs = sum(s["jobs"] for s in studies)
+    line = f"| **total** | | {jobs} | " + " | ".join(_hours(total[k]) for k in total) + " |"
     if on_cpu and speedup:
         line += f" {total['total'] / 3600 / speedup:.2f} |"
     lines.append(line)
@@ -414,4 +484,20 @@ def estimate_report(
     ]
     if look.scaled:
         lines.append("scaled by pixel count: " + "; ".join(sorted(look.scaled)) + ".")
+    measured = total["total"]
+    if total["startup"] and measured:
+        lines.append(
+            f"start-up: {total['startup'] / 3600:.2f} {unit} of {measured / 3600:.2f} "
+            f"({100 * total['startup'] / measured:.0f} % of the total) over {jobs} planned jobs."
+        )
+    if look.missing:
+        lines.append(
+            "NOT MEASURED (n/a above, left out of the totals): "
+            + "; ".join(sorted(look.missing))
+            + ". Run `python benchmarks/run.py --only startup attack` on that device and merge."
+        )
     return "\n".join(lines)
+
+
+def _hours(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds / 3600:.2f}"
