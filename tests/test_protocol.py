@@ -77,15 +77,18 @@ def test_segmia_protocol_leaves_every_name_as_before():
 def test_ablation_shares_every_model_and_fit_a_switch_does_not_change():
     config = _demo(type="protocol_ablation", seeds=[0])
     evaluations = plan.study_evaluations(config, "s")
-    # 3 attacks x 4 arms, less the arms a switch cannot change: 9 distinct evaluations
-    assert len(evaluations) == 9
+    # 3 attacks x 5 arms (original, each switch, all of them), less the arms a switch cannot
+    # change: 12 distinct evaluations
+    assert len(evaluations) == 12
     models = {m for ev in evaluations for m in (ev.victim, ev.shadow)}
     assert {m.variant for m in models} == {"none", "none.byte"} and len(models) == 4
     fits = {ev.attack_model() for ev in evaluations} - {None}
-    assert len(fits) == 6  # type1/type2 x (logits, byte), (probabilities, byte), (logits, unit)
+    # type1/type2 x (logits, byte), (probabilities, byte), (logits, unit), (probabilities, unit)
+    assert len(fits) == 8
     arms = {arm: proto for arm, proto, _ in protocol.ablation_arms(config["studies"]["s"])}
     assert arms["original"] == protocol.ORIGINAL
     assert arms["input_scale"] == {**protocol.ORIGINAL, "input_scale": "unit"}
+    assert arms["segmia"] == protocol.SEGMIA
 
 
 def test_reference_attacks_under_byte_inputs_are_refused():
@@ -206,6 +209,9 @@ def test_ablation_table_pairs_each_arm_with_the_original_by_seed():
     assert table.loc[("threshold", "global_loss"), "d_accuracy_mean"] == pytest.approx(0.02)
     assert table.loc[("threshold", "type2"), "d_accuracy_mean"] == pytest.approx(0.0)
     assert table.loc[("original", "type2"), "auc_mean"] == pytest.approx(0.725)
+    # every switch at once: probabilities and unit inputs for Type-II
+    assert table.loc[("segmia", "type2"), "d_auc_mean"] == pytest.approx(-0.1)
+    assert table.loc[("segmia", "type2"), "d_accuracy_mean"] == pytest.approx(-0.01)
     assert (table["seeds"] == 2).all()
 
 

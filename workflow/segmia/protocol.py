@@ -133,12 +133,16 @@ def applies(switch: str, attack: str) -> bool:
 
 def ablation_arms(study: dict) -> list[tuple[str, dict, str]]:
     """(arm, protocol, dataset) of a protocol-ablation study: the original protocol on the study's
-    dataset, then each switch turned to segmia's value alone, then (``corrected_data``) the
-    original protocol on a dataset of the same source with segmia's data handling."""
+    dataset, then each switch turned to segmia's value alone, then every switch at once
+    (``segmia``), then (``corrected_data``) the original protocol on a dataset of the same source
+    with segmia's data handling."""
     dataset = study["dataset"]
     arms = [("original", dict(ORIGINAL), dataset)]
     for switch in study["switches"]:
         arms.append((switch, {**ORIGINAL, switch: SEGMIA[switch]}, dataset))
+    if len(study["switches"]) > 1:
+        every = {**ORIGINAL, **{s: SEGMIA[s] for s in study["switches"]}}
+        arms.append(("segmia", every, dataset))
     if study.get("corrected_data"):
         arms.append(("data", dict(ORIGINAL), study["corrected_data"]))
     return arms

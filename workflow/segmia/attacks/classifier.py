@@ -3,7 +3,7 @@
 ``resnet34`` / ``resnet18``: the study's torchvision ResNet with a 1x1 convolution mapping the
 input channels to 3 and a single-logit head (optionally ImageNet weights, from a local file). ``small_cnn``: three
 conv-BN-ReLU-pool stages and a linear head, for CPU runs.
-The classifier outputs a logit; the membership score is its sigmoid.
+The classifier outputs a logit, which is the membership score (member at logit > 0).
 
 ``train_attack`` / ``score_attack`` are the one training loop and scoring loop of every learned
 attack; an attack plugs in its model and an input builder (``InputFn``): ``learned_inputs`` for
@@ -239,13 +239,18 @@ def score_attack(
     device: torch.device,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Membership probability (sigmoid of the logit) of every sample of ``query``."""
+    """Membership score of every sample of ``query``: the classifier's raw logit, in float32.
+
+    Not its sigmoid: that is exactly 1.0 in float32 once the logit passes ~17, and tied top
+    scores hide the true positive rate at a low false positive rate. Scoring runs without
+    autocast (bf16 keeps 8 bits of mantissa: ties again); member at logit > 0 (= sigmoid > 0.5).
+    """
     model.eval()
     out = []
-    for start in range(0, len(query), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(query)))
-        with autocast(device):
-            out.append(torch.sigmoid(model(*inputs(query, idx, None)).float()).cpu())
+    with torch.no_grad():
+        for start in range(0, len(query), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(query)))
+            out.append(model(*inputs(query, idx, None)).float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -277,7 +282,7 @@ def score(
     device: torch.device,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Membership probability of every sample of ``query``."""
+    """Membership score (raw logit) of every sample of ``query``."""
     return score_attack(
         model, query, learned_inputs(kind, release_spec, device), device, batch_size
     )

@@ -37,7 +37,7 @@ from ..protocol import SEGMIA
 from ..runtime import Checkpoint, stable_seed
 from .classifier import build_classifier, learned_inputs, score_attack, train_attack, with_weights
 from .features import feature_channels
-from .metrics import bootstrap_auc_ci, roc_metrics, threshold_metrics
+from .metrics import bootstrap_cis, resolvable_fpr, roc_metrics, threshold_metrics
 from .names import AGGREGATES, LOSS_MAP_PARTS
 from .outputs import QuerySet
 from .release import release
@@ -98,7 +98,7 @@ def fit_attack_job(
     train_scores = score_attack(model, query, inputs, device)
     fit_metrics = {
         **roc_metrics(query.labels, train_scores),
-        **threshold_metrics(query.labels, train_scores > 0.5),
+        **threshold_metrics(query.labels, train_scores > 0.0),
     }
     write_torch(out_dir / "attack.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_torch(out_dir / "snapshots.pt", snapshots)
@@ -144,13 +144,20 @@ def eval_attack_job(
     scores = score_attack(model, query, inputs, device)
     per_epoch = [
         threshold_metrics(
-            query.labels, score_attack(with_weights(model, snap), query, inputs, device) > 0.5
+            query.labels, score_attack(with_weights(model, snap), query, inputs, device) > 0.0
         )
         for snap in read_torch(attack_dir / "snapshots.pt")
     ]
     protocol = {k: float(np.mean([m[k] for m in per_epoch])) for k in ("accuracy", "f1")}
     return write_evaluation(
-        out_dir, spec, query.sample_ids, query.labels, scores, scores > 0.5, protocol
+        out_dir,
+        spec,
+        query.sample_ids,
+        query.labels,
+        scores,
+        scores > 0.0,
+        protocol,
+        groups=query.groups,
     )
 
 
@@ -214,7 +221,14 @@ def threshold_job(
     predictions = scores >= threshold
     protocol = threshold_metrics(query.labels, predictions)
     return write_evaluation(
-        Path(out_dir), spec, query.sample_ids, query.labels, scores, predictions, protocol
+        Path(out_dir),
+        spec,
+        query.sample_ids,
+        query.labels,
+        scores,
+        predictions,
+        protocol,
+        groups=query.groups,
     )
 
 
@@ -296,6 +310,7 @@ def reference_attacks_job(
         )
     labels = universe.loc[t, "member"].to_numpy()
     ids = universe.loc[t, "sample_id"].astype(str).tolist()
+    groups = target_query.groups[t]
     results = {}
     for name, out in out_dirs.items():
         s = np.asarray(scores[name], dtype=np.float64)
@@ -309,6 +324,7 @@ def reference_attacks_job(
             s,
             predictions,
             threshold_metrics(labels, predictions),
+            groups=groups,
         )
     return results
 
@@ -324,10 +340,16 @@ def write_evaluation(
     scores: np.ndarray,
     predictions: np.ndarray,
     protocol: dict,
+    groups: np.ndarray | None = None,
 ) -> dict:
+    """metrics.json and scores.csv of an evaluation; ``groups``: each sample's membership unit
+    (patient, city), which the bootstrap intervals resample (None: the samples themselves)."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
-    low, high = bootstrap_auc_ci(labels, scores, seed=stable_seed(spec["attack"], spec["seed"]))
+    cis = bootstrap_cis(
+        labels, scores, seed=stable_seed(spec["attack"], spec["seed"]), groups=groups
+    )
+    n_groups = len(labels) if groups is None else len(set(groups))
     metrics = {
         **{k: spec[k] for k in ("dataset", "attack", "release_name", "seed", "train_size")},
         "victim_arch": spec["victim"]["arch"],
@@ -335,8 +357,11 @@ def write_evaluation(
         "shadow_arch": spec["shadow"]["arch"],
         "shadow_variant": spec["shadow"]["variant"],
         **roc_metrics(labels, scores),
-        "auc_ci_low": low,
-        "auc_ci_high": high,
+        **cis,
+        # the bootstrap's unit: whole groups when samples share them, else the samples
+        "ci_unit": "group" if n_groups < len(labels) else "sample",
+        "ci_groups": n_groups,
+        "resolvable_fpr": resolvable_fpr(int((1 - labels).sum())),
         "balanced_accuracy": threshold_metrics(labels, predictions)["balanced_accuracy"],
         "accuracy": protocol["accuracy"],
         "f1": protocol["f1"],
@@ -346,17 +371,27 @@ def write_evaluation(
     }
     write_csv(
         out_dir / "scores.csv",
-        pd.DataFrame({"sample_id": sample_ids, "member": labels, "score": scores}),
+        pd.DataFrame(
+            {
+                "sample_id": sample_ids,
+                "member": labels,
+                "score": scores,
+                **({} if groups is None else {"group": groups}),
+            }
+        ),
     )
     write_json(out_dir / "metrics.json", metrics)
     log.info(
-        "%s on victim %s/%s: AUC %.3f [%.3f, %.3f], TPR@1%%FPR %.3f, accuracy (paper protocol) %.3f",
+        "%s on victim %s/%s: AUC %.3f [%.3f, %.3f] (95 %% CI over %d %ss), TPR@1%%FPR %.3f, "
+        "accuracy (paper protocol) %.3f",
         spec["attack"],
         spec["victim"]["arch"],
         spec["victim"]["variant"],
         metrics["auc"],
-        low,
-        high,
+        metrics["auc_ci_low"],
+        metrics["auc_ci_high"],
+        n_groups,
+        metrics["ci_unit"],
         metrics["tpr_at_1pct_fpr"],
         metrics["accuracy"],
     )

@@ -8,7 +8,7 @@ task). He et al.'s "concatenation" input is ``parts=("map", "mask")``.
 
 The attack classifier (``classifier.build_classifier``: ``small_cnn`` for CPU, ``resnet18`` /
 ``resnet34``) sees K patches of the map (default 6) and their logits are summed into one image
-logit; the membership score is its sigmoid. The patch size defaults to He et al.'s 90 x 90 at
+logit, which is the membership score. The patch size defaults to He et al.'s 90 x 90 at
 256 x 256, scaled with the image: (round(90/256 * H), round(90/256 * W)); ``recipe["patch"]`` (int or
 [h, w]) fixes it instead. Patch corners are uniform over all positions where the patch fits.
 

@@ -47,24 +47,73 @@ def threshold_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, 
 
 
 def bootstrap_auc_ci(
-    labels: np.ndarray, scores: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95
+    labels: np.ndarray,
+    scores: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the ROC-AUC, resampling samples.
+    """Percentile bootstrap confidence interval of the ROC-AUC (see :func:`bootstrap_cis`)."""
+    cis = bootstrap_cis(labels, scores, n=n, seed=seed, level=level, groups=groups)
+    return cis["auc_ci_low"], cis["auc_ci_high"]
 
-    All ``n`` resamples at once: the AUC of a resample is the Mann-Whitney statistic computed
-    from (tie-averaged) ranks, which equals sklearn's ``roc_auc_score``.
+
+def bootstrap_cis(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    groups: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Percentile bootstrap confidence intervals of the ROC-AUC and of the TPR at each FPR level.
+
+    Resamples the membership unit: whole ``groups`` (patients, cities: every sample of a drawn
+    group comes along, a cluster bootstrap), or samples where ``groups`` is None (each sample its
+    own group). Samples of one group share more than membership, so resampling them one by one
+    would make the interval too narrow. A resample with only members or only non-members is
+    skipped.
     """
     from scipy.stats import rankdata
 
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    _, group_of = np.unique(groups, return_inverse=True)
+    members_of = [np.flatnonzero(group_of == g) for g in range(group_of.max() + 1)]
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(labels), (n, len(labels)))
-    y, s = labels[idx], scores[idx]
-    positives = y.sum(1)
-    valid = (positives > 0) & (positives < y.shape[1])
-    ranks = rankdata(s[valid], axis=1)
-    pos, neg = positives[valid], y.shape[1] - positives[valid]
-    auc = ((ranks * y[valid]).sum(1) - pos * (pos + 1) / 2) / (pos * neg)
-    lo, hi = np.quantile(auc, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    aucs, tprs = [], {key: [] for key in FPR_LEVELS}
+    for _ in range(n):
+        drawn = rng.integers(0, len(members_of), len(members_of))
+        idx = np.concatenate([members_of[g] for g in drawn])
+        y, s = labels[idx], scores[idx]
+        pos = int(y.sum())
+        neg = len(y) - pos
+        if pos == 0 or neg == 0:
+            continue
+        ranks = rankdata(s)
+        aucs.append((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+        for key, max_fpr in FPR_LEVELS.items():
+            tprs[key].append(_tpr_at(y, s, max_fpr))
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    out = dict(zip(("auc_ci_low", "auc_ci_high"), map(float, np.quantile(aucs, q)), strict=True))
+    for key, values in tprs.items():
+        low, high = np.quantile(values, q)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(low), float(high)
+    return out
+
+
+def _tpr_at(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
+    """:func:`tpr_at_fpr` without sklearn (sorted scores, ties as one threshold)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last = np.r_[s[1:] != s[:-1], True]  # the end of each run of tied scores
+    tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
+    ok = fp / max(int((1 - y).sum()), 1) <= max_fpr + 1e-12
+    return float(tp[ok].max() / max(int(y.sum()), 1)) if ok.any() else 0.0
+
+
+def resolvable_fpr(n_nonmembers: int) -> float:
+    """The smallest non-zero FPR an MIA set can show: one false positive."""
+    return 1.0 / max(int(n_nonmembers), 1)

@@ -201,6 +201,8 @@ class QuerySet:
         data = load_prepared(data_dir, check=False)
         self.num_classes, self.ignore_index = data.num_classes, data.ignore_index
         self.masks = np.ascontiguousarray(data.masks[self.samples["row"].to_numpy()])
+        #: each sample's group (patient, city, or the image itself): the membership unit
+        self.groups = data.index["group"].astype(str).to_numpy()[self.samples["row"].to_numpy()]
         if len(self.logits) != len(self.samples):
             from ..errors import DataError
 

@@ -22,6 +22,8 @@ METRICS = {"auc": "AUC", "tpr_at_1pct_fpr": "TPR@1%FPR", "accuracy": "acc."}
 def arm_label(arm: str, study: dict | None = None) -> str:
     if arm == "original":
         return "original protocol"
+    if arm == "segmia":
+        return "every switch → segmia"
     if arm == "data":
         return f"data → {study['corrected_data']}" if study else "data"
     return f"{arm} → {SWITCHES[arm].segmia}"

@@ -83,6 +83,16 @@ def load(
     return frame, victims, back
 
 
+def _ci_units(frame: pd.DataFrame) -> str:
+    """What the bootstrap intervals resampled: whole groups (how many) or samples."""
+    units = []
+    for path in dict.fromkeys(frame["path"]):
+        m = read_json(Path(path) / "metrics.json")
+        unit = m.get("ci_unit", "sample")
+        units.append(f"{m.get('ci_groups', '?')} groups" if unit == "group" else "samples")
+    return ", ".join(dict.fromkeys(units))
+
+
 def _stats(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
     grouped = frame.groupby(keys, sort=False)[metrics]
     out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
@@ -305,7 +315,8 @@ def write_table(
             formatted,
             f"{study_name}: attack comparison",
             note
-            + f" AUC CI: bootstrap over the victim's MIA samples (first seed's interval averaged over seeds). "
+            + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}; the seeds' "
+            "intervals averaged). "
             f"With {n_nonmembers} non-members the smallest resolvable FPR is {1 / max(n_nonmembers, 1):.3g}; "
             "TPR at a lower FPR is the TPR at zero false positives.",
         )
