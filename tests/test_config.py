@@ -265,9 +265,13 @@ def test_paper_config_splits_fit_and_whole_cities_do_not(paper):
     assert config["datasets"]["liver"]["split"]["groups"] == "whole"
     assert config["datasets"]["kvasir"]["split"]["groups"] == "whole"
     assert training_needs(config, "cityscapes") == {"victim": 600, "shadow": 600}
-    # liver: a distilled victim (its reference set beyond N = 500); kvasir: N = 300
-    assert training_needs(config, "liver") == {"victim": 501, "shadow": 500}
+    # liver_original: a distilled victim (its reference set beyond N = 500); kvasir: N = 300
+    assert training_needs(config, "liver_original") == {"victim": 501, "shadow": 500}
+    assert training_needs(config, "liver") == {"victim": 500, "shadow": 500}
     assert training_needs(config, "kvasir") == {"victim": 300, "shadow": 300}
+    # the original code's layouts fit too: slices at random, Cityscapes in order
+    assert config["datasets"]["liver_original"]["split"]["groups"] == "none"
+    assert config["datasets"]["cityscapes_original"]["split"]["groups"] == "ordered"
     del paper["datasets"]["cityscapes"]["split"]["groups"]
     message = _error(paper)
     for word in [

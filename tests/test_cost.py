@@ -39,7 +39,7 @@ def test_demo_trainings_match_the_dag_and_the_original_cells(demo):
     total = sum(r.new_models for r in rows.values())
     # + the protocol ablation: byte-input victim and shadow per seed (2), seed 1's unit pair
     assert total == len(plan.all_models(demo)) == 39  # what `snakemake -n` schedules
-    assert sum(r.original for r in rows.values()) == 355
+    assert sum(r.original for r in rows.values()) == 367
 
 
 def test_paper_config_counts():
@@ -204,7 +204,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
         "50",
     ).stdout
     assert "THESE ARE CPU NUMBERS" in out and "GPU-h (extrapolated)" in out
-    assert "segmentation trainings: 39" in out and "355" in out
+    assert "segmentation trainings: 39" in out and "367" in out
     # synthetic_scenes rows are missing: scaled from the 64x64 rows by pixel count
     assert "scaled by pixel count" in out
     rows = [r for r in _rates(demo) if r["group"] != "dp_train"]
@@ -215,7 +215,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
 
 def test_trainings_cli():
     out = run_segmia("trainings", "--configfile", str(REPO / "config" / "demo.yaml")).stdout
-    assert "39 trainings instead of 355" in out
+    assert "39 trainings instead of 367" in out
 
 
 def test_the_dag_trains_each_model_once(tmp_path, demo):

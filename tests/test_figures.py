@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, load_yaml, run_snakemake, write_config
-from segmia import cli, plan
+from segmia import cli, plan, protocol
 from segmia.config import load_config
 
 SEEDS = [0, 1]
@@ -85,16 +85,18 @@ def _fabricate(config: dict, name: str, root) -> dict:
             {"sample_id": [f"s{i}" for i in range(16)], "member": member, "score": score}
         ).to_csv(out / "scores.csv", index=False)
         auc = float(rng.uniform(0.5, 0.9))
+        spec = plan.evaluation_spec(config, ev)  # what the job receives: names, switches
         metrics = {
             "dataset": ev.dataset,
-            "attack": ev.attack,
-            "release_name": ev.release,
+            "attack": spec["attack"],
+            "release_name": spec["release_name"],
             "seed": ev.seed,
             "train_size": ev.size,
             "victim_arch": ev.victim.arch,
-            "victim_variant": ev.victim.variant,
+            "victim_variant": spec["victim"]["variant"],
             "shadow_arch": ev.shadow.arch,
-            "shadow_variant": ev.shadow.variant,
+            "shadow_variant": spec["shadow"]["variant"],
+            **{**protocol.SEGMIA, **spec["protocol"]},
             "auc": auc,
             "tpr_at_1pct_fpr": auc / 10,
             "tpr_at_0.1pct_fpr": auc / 20,
@@ -116,7 +118,7 @@ def _fabricate(config: dict, name: str, root) -> dict:
             "dataset": model.dataset,
             "role": model.role,
             "arch": model.arch,
-            "variant": model.variant,
+            "variant": protocol.split_variant(model.variant)[0],
             "variant_spec": spec,
             "train_size": model.size,
             "seed": model.seed,
