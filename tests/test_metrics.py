@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from segmia.attacks.metrics import bootstrap_auc_ci, roc_metrics, threshold_metrics, tpr_at_fpr
+from segmia.attacks.metrics import bootstrap_cis, roc_metrics, threshold_metrics, tpr_at_fpr
 from segmia.models.losses import DiceLoss, cross_entropy_map, per_image_dice_loss, probabilities
 from segmia.models.metrics import SegmentationScores
 
@@ -74,5 +74,6 @@ def test_bootstrap_ci_brackets_the_auc():
     labels = np.r_[np.ones(200), np.zeros(200)]
     scores = labels * 0.5 + rng.normal(size=400)
     auc = roc_metrics(labels, scores)["auc"]
-    lo, hi = bootstrap_auc_ci(labels, scores, n=300)
+    cis = bootstrap_cis(labels, scores, n=300)
+    lo, hi = cis["auc_ci_low"], cis["auc_ci_high"]
     assert lo < auc < hi and hi - lo < 0.2

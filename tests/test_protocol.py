@@ -120,12 +120,15 @@ def test_byte_input_scale_is_the_same_network_on_0_255_values(tmp_path):
         assert torch.allclose(loaded(x), byte(x))
 
 
-def test_fit_records_the_unweighted_batch_mean_beside_the_weighted_loss(tmp_path):
+def _tiny_data(n: int) -> Arrays:
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (10, 1, 16, 16), dtype=np.uint8)
-    masks = (rng.random((10, 16, 16)) > 0.5).astype(np.uint8)
-    device = torch.device("cpu")
-    data = Arrays.from_numpy(images, masks, np.arange(10), device)
+    images = rng.integers(0, 255, (n, 1, 16, 16), dtype=np.uint8)
+    masks = (rng.random((n, 16, 16)) > 0.5).astype(np.uint8)
+    return Arrays.from_numpy(images, masks, np.arange(n), torch.device("cpu"))
+
+
+def test_fit_records_the_unweighted_batch_mean_beside_the_weighted_loss(tmp_path):
+    data, device = _tiny_data(10), torch.device("cpu")
     torch.manual_seed(0)
     _, rows, _ = fit(
         build_model(TINY, 1, 1),
@@ -216,11 +219,7 @@ def test_ablation_table_pairs_each_arm_with_the_original_by_seed():
 
 
 def test_validate_every_k_epochs_validates_the_first_every_kth_and_the_last(tmp_path):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (8, 1, 16, 16), dtype=np.uint8)
-    masks = (rng.random((8, 16, 16)) > 0.5).astype(np.uint8)
-    device = torch.device("cpu")
-    data = Arrays.from_numpy(images, masks, np.arange(8), device)
+    data, device = _tiny_data(8), torch.device("cpu")
     recipe = Recipe(epochs=4, batch_size=4, lr=1e-3, validate_every=2)
     _, rows, _ = fit(
         build_model(TINY, 1, 1), data, data, recipe, Task(2, None), 0, tmp_path, {}, device

@@ -46,19 +46,6 @@ def threshold_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, 
     }
 
 
-def bootstrap_auc_ci(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    n: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    groups: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the ROC-AUC (see :func:`bootstrap_cis`)."""
-    cis = bootstrap_cis(labels, scores, n=n, seed=seed, level=level, groups=groups)
-    return cis["auc_ci_low"], cis["auc_ci_high"]
-
-
 def bootstrap_cis(
     labels: np.ndarray,
     scores: np.ndarray,
