@@ -170,6 +170,9 @@ def test_every_figure_kind_is_drawn_and_every_table_written(every_study, tmp_pat
         else:
             for ext in ("csv", "md", "tex"):
                 assert out.with_suffix(f".{ext}").stat().st_size > 0, (name, kind, ext)
+            if kind == "attacks":  # 8 non-members resolve no FPR below 1/8: n/a, not a number
+                text = out.with_suffix(".md").read_text()
+                assert "n/a" in text and "smallest resolvable FPR is 1/8" in text
     assert drawn == set(plan.FIGURES)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..attacks.metrics import FPR_LEVELS
 from ..attacks.names import FAMILY
 from ..attacks.names import LABELS as ATTACK_LABELS
 from ..io import atomic_path, read_json, write_csv
@@ -139,7 +140,15 @@ def _formatted(
     return out
 
 
-def _write(
+def _unresolved(frame: pd.DataFrame) -> set[str]:
+    """The TPR-at-FPR metrics whose FPR is below 1 / #non-members of some evaluation."""
+    if "n_nonmembers" not in frame or frame.empty:
+        return set()
+    n = int(frame["n_nonmembers"].min())
+    return {m for m, level in FPR_LEVELS.items() if level < 1.0 / max(n, 1)}
+
+
+def write_study_table(
     stem: Path, numeric: pd.DataFrame, formatted: pd.DataFrame, title: str, note: str
 ) -> None:
     write_csv(stem.with_suffix(".csv"), numeric)
@@ -174,6 +183,21 @@ def write_table(
     kind, attacks = study["type"], study["attacks"]
     seeds = int(frame.groupby(["label", "attack"]).size().max())
     note = f"Dataset `{study['dataset']}`; mean ± standard deviation over {seeds} seed(s); chance AUC 0.5."
+    unresolved = _unresolved(frame)
+
+    def _write(stem, numeric, formatted, title, note):  # "n/a" where the FPR is not resolvable
+        for column in formatted.columns:
+            if any(SHORT[m] in column for m in unresolved):
+                formatted[column] = "n/a"
+        if unresolved:
+            n = int(frame["n_nonmembers"].min())
+            note += (
+                f" n/a: with {n} non-members the smallest resolvable FPR is 1/{n} = {1 / n:.3g}; "
+                f"a TPR at {', '.join(SHORT[m].split('@')[1] for m in sorted(unresolved))} "
+                "would be the TPR at zero false positives (the CSV keeps that number)."
+            )
+        write_study_table(stem, numeric, formatted, title, note)
+
     reference = study.get("paper")
     if kind == "architectures":
         title = f"{study_name}: {ATTACK_LABELS.get(table, table)} attack, victim (rows) x shadow (columns)"
@@ -308,7 +332,6 @@ def write_table(
                     cell(a, b, seeds)
                     for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
                 ]
-        n_nonmembers = int(frame["n_nonmembers"].min()) if "n_nonmembers" in frame else 0
         _write(
             stem,
             numeric,
@@ -316,9 +339,7 @@ def write_table(
             f"{study_name}: attack comparison",
             note
             + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}; the seeds' "
-            "intervals averaged). "
-            f"With {n_nonmembers} non-members the smallest resolvable FPR is {1 / max(n_nonmembers, 1):.3g}; "
-            "TPR at a lower FPR is the TPR at zero false positives.",
+            "intervals averaged).",
         )
         return
     if kind == "poisoning":
