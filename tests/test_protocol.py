@@ -67,6 +67,24 @@ def test_original_protocol_tags_exactly_what_each_switch_changes():
     assert plan.release_spec(config, "none.logits") == {"type": "none", "logits": True}
 
 
+def test_every_table_of_an_original_protocol_study_reads_its_evaluations():
+    config = load_yaml(REPO / "config" / "demo.yaml")
+    config["studies"] = {
+        "s": {
+            "type": "architectures",
+            "dataset": "synthetic_ct",
+            "architectures": ["unet_small"],
+            "protocol": "original",
+        }
+    }
+    config = load_config(config)
+    for stem in plan.study_tables(config, "s"):
+        table = stem.rsplit("/", 1)[1]
+        evaluations = plan.table_evaluations(config, "s", table)
+        assert evaluations and {ev.attack_name for ev in evaluations} == {table}
+    assert {ev.attack for ev in plan.table_evaluations(config, "s")} >= {"global_loss.batchmean"}
+
+
 def test_segmia_protocol_leaves_every_name_as_before():
     config = _demo(type="defences", defences=["none", "argmax"])
     for ev in plan.study_evaluations(config, "s"):

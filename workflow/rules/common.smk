@@ -122,10 +122,7 @@ def teacher_input(wildcards):
 
 def study_inputs(wildcards, table=None):
     """Files a study's table or figure reads: evaluations, victims' metrics, backdoor results."""
-    study = CFG["studies"][wildcards.study]
-    evaluations = EVALUATIONS[wildcards.study]
-    if study["type"] == "architectures" and table is not None:
-        evaluations = [ev for ev in evaluations if ev.attack == table]
+    evaluations = plan.table_evaluations(CFG, wildcards.study, table)
     files = {
         "evaluations": [f"{ROOT}/{ev.path()}/metrics.json" for ev in evaluations],
         "scores": [f"{ROOT}/{ev.path()}/scores.csv" for ev in evaluations],
@@ -155,7 +152,7 @@ def study_evaluation_files(wildcards, attack=None, name="metrics.json"):
     return [
         f"{ROOT}/{ev.path()}/{name}"
         for ev in EVALUATIONS[wildcards.study]
-        if attack is None or ev.attack == attack
+        if attack is None or ev.attack_name == attack
     ]
 
 

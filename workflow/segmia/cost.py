@@ -359,8 +359,7 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
                 jobs["threshold_attack"] += 1
                 continue
             jobs["eval_attack"] += 1
-            base = ev.attack.split(".")[0]
-            channels = 2 * k_out if base == "type2" else k_out
+            channels = 2 * k_out if ev.attack_name == "type2" else k_out
             shape = (channels, h, w, None)
             score = look.optional_rate("attack_score", recipe["classifier"], shape)
             if attack_model not in done_attacks:

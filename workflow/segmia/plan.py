@@ -90,6 +90,11 @@ class Evaluation:
         return self.victim.seed
 
     @property
+    def attack_name(self) -> str:
+        """The attack's config name (``attack`` without a protocol token)."""
+        return protocol.split_attack(self.attack)[0]
+
+    @property
     def size(self) -> int:
         return self.victim.size
 
@@ -272,6 +277,14 @@ def _evaluations(config: dict, study: dict, proto: dict) -> list[Evaluation]:
                 else:
                     evaluations.append(evaluation(attack, release, victim, shadow))
     return list(dict.fromkeys(evaluations))
+
+
+def table_evaluations(config: dict, name: str, table: str | None = None) -> list[Evaluation]:
+    """The evaluations a study's table reads (an architectures study: one table per attack)."""
+    evaluations = study_evaluations(config, name)
+    if config["studies"][name]["type"] == "architectures" and table is not None:
+        evaluations = [ev for ev in evaluations if ev.attack_name == table]
+    return evaluations
 
 
 def reference_count(model: Model) -> int:
