@@ -26,6 +26,22 @@ def load_yaml(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
+def synthetic_ct_job(directory: Path, sizes: dict, groups: int = 10) -> tuple[Path, Path]:
+    """A prepared 32x32 synthetic CT dataset (``groups`` patients of 4 slices) and its seed-0
+    split with ``sizes``, as a training job reads them: (data directory, split CSV)."""
+    from segmia.data.prepared import write_prepared
+    from segmia.data.split import make_split
+    from segmia.data.synthetic import generate
+    from segmia.io import write_csv
+
+    images, masks, index, meta = generate(
+        "synthetic_ct", dict(groups=groups, group_size=4, height=32, width=32, noise=0.3, seed=0)
+    )
+    write_prepared(directory / "data", images, masks, index, meta)
+    write_csv(directory / "split.csv", make_split(index, sizes, 0))
+    return directory / "data", directory / "split.csv"
+
+
 def write_config(tmp_path: Path, config: dict, name: str = "config.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))

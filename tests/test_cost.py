@@ -179,30 +179,24 @@ def test_estimate_adds_each_planned_jobs_start_up(tmp_path, demo):
     assert look.missing == {"startup"}
 
 
+def _estimate_demo(throughput, *options: str) -> str:
+    """`segmia estimate` of the demo config from a benchmark CSV: its output."""
+    config = str(REPO / "config" / "demo.yaml")
+    return run_segmia(
+        "estimate", "--configfile", config, "--throughput", str(throughput), *options
+    ).stdout
+
+
 def test_estimate_without_attack_rows_says_what_is_not_measured(tmp_path, demo):
     rows = [r for r in _rates(demo) if not r["group"].startswith("attack")]
     _csv(tmp_path / "t.csv", rows)
-    out = run_segmia(
-        "estimate",
-        "--configfile",
-        str(REPO / "config" / "demo.yaml"),
-        "--throughput",
-        str(tmp_path / "t.csv"),
-    ).stdout
+    out = _estimate_demo(tmp_path / "t.csv")
     assert "NOT MEASURED" in out and "attack_train small_cnn" in out and "n/a" in out
 
 
 def test_estimate_cli_and_missing_rows(tmp_path, demo):
     _csv(tmp_path / "t.csv", _rates(demo))
-    out = run_segmia(
-        "estimate",
-        "--configfile",
-        str(REPO / "config" / "demo.yaml"),
-        "--throughput",
-        str(tmp_path / "t.csv"),
-        "--speedup",
-        "50",
-    ).stdout
+    out = _estimate_demo(tmp_path / "t.csv", "--speedup", "50")
     assert "THESE ARE CPU NUMBERS" in out and "GPU-h (extrapolated)" in out
     assert "segmentation trainings: 39" in out and "367" in out
     # synthetic_scenes rows are missing: scaled from the 64x64 rows by pixel count

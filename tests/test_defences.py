@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import snakemake_env
+from conftest import snakemake_env, synthetic_ct_job
 from segmia.data.split import mia_indices, read_split, train_indices
 from segmia.io import read_json
 from segmia.models.distill import reference_rows
@@ -148,17 +148,8 @@ def test_distillation_reference_set_holds_no_private_or_mia_sample(tmp_path):
 def test_distilled_student_trains_only_on_reference_images(tmp_path):
     """Through the CLI: teacher, then student; the student's members.csv is disjoint from the
     teacher's private training set and from the MIA non-members."""
-    from segmia.data.prepared import write_prepared
-    from segmia.data.split import make_split
-    from segmia.data.synthetic import generate
-    from segmia.io import write_csv
-
-    images, masks, index, meta = generate(
-        "synthetic_ct", dict(groups=30, group_size=4, height=32, width=32, noise=0.3, seed=0)
-    )
-    write_prepared(tmp_path / "data", images, masks, index, meta)
     sizes = dict(victim_pool=60, shadow_pool=60, train_size=20, val_size=10, mia_size=10)
-    write_csv(tmp_path / "split.csv", make_split(index, sizes, 0))
+    synthetic_ct_job(tmp_path, sizes, groups=30)
     spec = {
         "dataset": "ct",
         "role": "victim",

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import synthetic_ct_job
 from segmia.attacks.classifier import ResNetAttack, SmallCNN
 from segmia.data.split import make_split, mia_indices, role_indices, train_indices
 from segmia.errors import SegmiaError
@@ -474,18 +475,12 @@ def test_train_cli_parses_inner_weights(monkeypatch, tmp_path):
 
 def test_train_job_with_the_original_switches(tmp_path):
     """Through train_job: the original study's four switches, resnet34 at random, two epochs."""
-    from segmia.data.prepared import write_prepared
-    from segmia.data.synthetic import generate
-    from segmia.io import read_json, write_csv
+    from segmia.io import read_json
     from segmia.models.job import train_job
     from test_models import ARCHS
 
-    images, masks, index, meta = generate(
-        "synthetic_ct", dict(groups=30, group_size=4, height=32, width=32, noise=0.3, seed=0)
-    )
-    write_prepared(tmp_path / "data", images, masks, index, meta)
     sizes = dict(victim_pool=60, shadow_pool=60, train_size=12, val_size=8, mia_size=6)
-    write_csv(tmp_path / "split.csv", make_split(index, sizes, 0))
+    synthetic_ct_job(tmp_path, sizes, groups=30)
     spec = {
         **model_spec(
             sizes,

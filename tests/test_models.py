@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import snakemake_env
+from conftest import snakemake_env, synthetic_ct_job
 from segmia.io import read_torch
 from segmia.models.losses import dice_loss
 from segmia.models.registry import build_model
@@ -79,20 +79,8 @@ def _train_cmd(tmp_path, out, data, split, spec):
 
 @pytest.fixture
 def prepared_ct(tmp_path):
-    from segmia.data.prepared import write_prepared
-    from segmia.data.split import make_split
-    from segmia.data.synthetic import generate
-    from segmia.io import write_csv
-
-    images, masks, index, meta = generate(
-        "synthetic_ct", dict(groups=10, group_size=4, height=32, width=32, noise=0.3, seed=0)
-    )
-    write_prepared(tmp_path / "data", images, masks, index, meta)
-    write_csv(
-        tmp_path / "split.csv",
-        make_split(
-            index, dict(victim_pool=20, shadow_pool=20, train_size=12, val_size=4, mia_size=4), 0
-        ),
+    data, split = synthetic_ct_job(
+        tmp_path, dict(victim_pool=20, shadow_pool=20, train_size=12, val_size=4, mia_size=4)
     )
     spec = {
         "dataset": "ct",
@@ -106,7 +94,7 @@ def prepared_ct(tmp_path):
         "seed": 0,
         "training": {"epochs": 12, "batch_size": 4, "lr": 1e-3, "optimizer": "nadam"},
     }
-    return tmp_path / "data", tmp_path / "split.csv", spec
+    return data, split, spec
 
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path, prepared_ct):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, snakemake_env
+from conftest import REPO, snakemake_env, synthetic_ct_job
 from segmia.io import read_torch
 from segmia.models.variants import PoisonTransform, apply_trigger, poison_target, trigger_region
 from test_models import ARCHS
@@ -89,20 +89,8 @@ def _train(tmp_path, name, variant, data, split):
 
 
 def test_rate_zero_gives_the_clean_model_and_a_positive_rate_does_not(tmp_path):
-    from segmia.data.prepared import write_prepared
-    from segmia.data.split import make_split
-    from segmia.data.synthetic import generate
-    from segmia.io import write_csv
-
-    images, masks, index, meta = generate(
-        "synthetic_ct", dict(groups=10, group_size=4, height=32, width=32, noise=0.3, seed=0)
-    )
-    write_prepared(tmp_path / "data", images, masks, index, meta)
-    write_csv(
-        tmp_path / "split.csv",
-        make_split(
-            index, dict(victim_pool=20, shadow_pool=20, train_size=12, val_size=4, mia_size=4), 0
-        ),
+    synthetic_ct_job(
+        tmp_path, dict(victim_pool=20, shadow_pool=20, train_size=12, val_size=4, mia_size=4)
     )
     poison = {
         "type": "poison",

@@ -20,11 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_segmia, snakemake_env
+from conftest import REPO, run_segmia, snakemake_env, synthetic_ct_job
 from segmia import cli, io
-from segmia.data.prepared import load_prepared, write_prepared
-from segmia.data.split import make_split
-from segmia.data.synthetic import generate
+from segmia.data.prepared import load_prepared
 from segmia.errors import DataError
 
 SYNTHETIC = {"groups": 4, "group_size": 2, "height": 16, "width": 16, "noise": 0.3, "seed": 0}
@@ -306,12 +304,7 @@ def test_cli_reports_enospc_in_one_paragraph(tmp_path, monkeypatch, capsys):
 
 @pytest.fixture
 def prepared(tmp_path):
-    images, masks, index, meta = generate(
-        "synthetic_ct", dict(groups=10, group_size=4, height=32, width=32, noise=0.3, seed=0)
-    )
-    write_prepared(tmp_path / "data", images, masks, index, meta)
-    io.write_csv(tmp_path / "split.csv", make_split(index, SIZES, 0))
-    return tmp_path / "data", tmp_path / "split.csv"
+    return synthetic_ct_job(tmp_path, SIZES)
 
 
 def _spec(epochs=3):

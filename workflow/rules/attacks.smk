@@ -24,14 +24,7 @@ rule fit_attack:
     params:
         spec=lambda w: as_json(
             plan.attack_fit_spec(
-                CFG,
-                plan.Evaluation(
-                    w.dataset,
-                    w.attack,
-                    w.release,
-                    model_from(w, role="shadow"),
-                    model_from(w, role="shadow"),
-                ),
+                CFG, w.attack, w.release, model_from(w, role="shadow")
             )
         ),
         data=prepared_dir,
@@ -91,7 +84,7 @@ rule threshold_attack:
     benchmark:
         f"{ROOT}/benchmarks/threshold_attack/{plan.EVALUATION}.tsv"
     wildcard_constraints:
-        attack=r"(%s)(\.batchmean)?" % "|".join(names.THRESHOLD),
+        attack=rf"({'|'.join(names.THRESHOLD)})(\.{THRESHOLD_TOKEN})?",
     conda:
         ENV
     params:

@@ -11,6 +11,7 @@ from segmia.data.names import QUERY_POOLS
 from segmia.models.poisoning import TARGETS, TRIGGERS
 from segmia.hardware import gpu_visible
 from segmia.models import weights as pretrained
+from segmia.protocol import SWITCHES
 from segmia.errors import ConfigError
 
 try:
@@ -30,6 +31,8 @@ RUNTIME = "--device {device} {det}".format(
     det="--deterministic" if CFG["deterministic"] else "--no-deterministic",
 )
 EVALUATIONS = plan.all_evaluations(CFG)
+# the global-loss evaluation under the original protocol's threshold: global_loss.<token>
+THRESHOLD_TOKEN = SWITCHES["threshold"].token
 
 
 wildcard_constraints:

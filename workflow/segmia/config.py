@@ -446,7 +446,7 @@ def _check_study(config: dict, name: str, study: dict) -> None:
 
 
 def _check_protocol(config: dict, where: str, study: dict) -> None:
-    from .protocol import resolve
+    from .protocol import study_protocol
 
     if study["type"] == "protocol_ablation":
         other = study.get("corrected_data")
@@ -467,7 +467,7 @@ def _check_protocol(config: dict, where: str, study: dict) -> None:
                 "runs shadow-model and threshold attacks only (e.g. type1, type2, global_loss)."
             )
         return
-    proto = resolve(study.get("protocol"), resolve(config.get("protocol")))
+    proto = study_protocol(config, study)
     if proto["input_scale"] == "byte" and set(study["attacks"]) & set(REFERENCE):
         _fail(
             f"'{where}' trains under input_scale: byte (its protocol) and runs reference-model "

@@ -220,7 +220,7 @@ def study_evaluations(config: dict, name: str) -> list[Evaluation]:
         for _, proto, dataset in protocol.ablation_arms(study):
             evaluations += _evaluations(config, {**study, "dataset": dataset}, proto)
         return list(dict.fromkeys(evaluations))
-    return _evaluations(config, study, study_protocol(config, study))
+    return _evaluations(config, study, protocol.study_protocol(config, study))
 
 
 def _evaluations(config: dict, study: dict, proto: dict) -> list[Evaluation]:
@@ -397,11 +397,6 @@ def teacher(model: Model) -> Model:
     return Model(model.dataset, model.role, model.arch, variant, model.size, model.seed)
 
 
-def study_protocol(config: dict, study: dict) -> dict:
-    """The study's protocol switches (its ``protocol`` over the config's)."""
-    return protocol.resolve(study.get("protocol"), protocol.resolve(config.get("protocol")))
-
-
 def evaluation_spec(config: dict, ev: Evaluation) -> dict:
     """The JSON an attack job receives: config names without protocol tokens, and the protocol
     switches its path carries (``protocol``)."""
@@ -422,13 +417,13 @@ def evaluation_spec(config: dict, ev: Evaluation) -> dict:
     }
 
 
-def attack_fit_spec(config: dict, ev: Evaluation) -> dict:
-    """The JSON of ``fit_attack``: a learned attack fitted on the shadow's outputs."""
-    release, _ = protocol.split_release(ev.release)
+def attack_fit_spec(config: dict, attack: str, release: str, shadow: Model) -> dict:
+    """The JSON of ``fit_attack``: a learned ``attack`` fitted on the shadow's outputs under
+    ``release`` (its name as the path carries it)."""
     return {
-        "attack": ev.attack,
-        "release_name": release,
-        "release": release_spec(config, ev.release),
+        "attack": attack,
+        "release_name": protocol.split_release(release)[0],
+        "release": release_spec(config, release),
         "recipe": config["attack"],
-        "shadow": ev.shadow.path(),
+        "shadow": shadow.path(),
     }

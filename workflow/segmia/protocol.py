@@ -57,10 +57,9 @@ SWITCHES = {
 }
 SEGMIA = {name: s.segmia for name, s in SWITCHES.items()}
 ORIGINAL = {name: s.original for name, s in SWITCHES.items()}
-#: the attacks whose input ``attacker_input`` sets (the others read probabilities or losses)
-LOGIT_ATTACKS = ("type1", "type2")
-#: the attacks whose threshold ``threshold`` sets
-THRESHOLD_ATTACKS = ("global_loss",)
+#: the attacks a switch that changes a release (the Type-I/II inputs; the others read
+#: probabilities or losses) or an attack (the global-loss threshold) can change
+CHANGED_ATTACKS = {"release": ("type1", "type2"), "attack": ("global_loss",)}
 
 
 def resolve(value, default: dict | None = None) -> dict:
@@ -74,6 +73,17 @@ def resolve(value, default: dict | None = None) -> dict:
     if value == "segmia":
         return dict(SEGMIA)
     return {**base, **value}
+
+
+def study_protocol(config: dict, study: dict) -> dict:
+    """A study's protocol switches: its ``protocol`` over the config's top-level one."""
+    return resolve(study.get("protocol"), resolve(config.get("protocol")))
+
+
+def applies(switch: str, attack: str) -> bool:
+    """Whether ``switch`` can change the result of ``attack`` (a model switch changes all)."""
+    changes = SWITCHES[switch].changes
+    return changes == "model" or attack in CHANGED_ATTACKS[changes]
 
 
 def _tag(name: str, on: bool, token: str) -> str:
@@ -102,7 +112,7 @@ def release(release_name: str, attack: str, protocol: dict) -> str:
     on = (
         protocol["attacker_input"] == "logits"
         and release_name == "none"
-        and attack in LOGIT_ATTACKS
+        and applies("attacker_input", attack)
     )
     return _tag(release_name, on, SWITCHES["attacker_input"].token)
 
@@ -113,22 +123,13 @@ def split_release(name: str) -> tuple[str, dict]:
 
 
 def attack(name: str, protocol: dict) -> str:
-    on = protocol["threshold"] == "batch_mean" and name in THRESHOLD_ATTACKS
+    on = protocol["threshold"] == "batch_mean" and applies("threshold", name)
     return _tag(name, on, SWITCHES["threshold"].token)
 
 
 def split_attack(name: str) -> tuple[str, dict]:
     base, batch_mean = _untag(name, SWITCHES["threshold"].token)
     return base, {"threshold": "batch_mean" if batch_mean else "weighted"}
-
-
-def applies(switch: str, attack: str) -> bool:
-    """Whether ``switch`` can change the result of ``attack``."""
-    if switch == "attacker_input":
-        return attack in LOGIT_ATTACKS
-    if switch == "threshold":
-        return attack in THRESHOLD_ATTACKS
-    return True
 
 
 def ablation_arms(study: dict) -> list[tuple[str, dict, str]]:

@@ -22,7 +22,7 @@ from ..runtime import Checkpoint, stable_seed
 from .registry import build_model
 from .train import Arrays, Extras, Recipe, Task, fit
 from .variants import batch_transform, epochs_for
-from .weights import LocalWeights, WeightsError, arch_file, require
+from .weights import LocalWeights, arch_file, require
 
 log = logging.getLogger("segmia")
 
@@ -103,12 +103,9 @@ def train_job(
     it that ResNet starts at random)."""
     out_dir = Path(out_dir)
     require(arch_file(spec["arch"]), weights, f"architecture {spec['arch_name']!r}")
-    if inner_weights is not None and spec["variant"]["type"] != "minmax":
-        raise WeightsError(
-            f"--inner-weights {inner_weights.path} was given, but the variant "
-            f"{spec['variant_name']!r} is not min-max (only its inner attack takes them); drop "
-            "--inner-weights."
-        )
+    if spec["variant"]["type"] != "minmax":  # only a min-max inner attack takes them
+        what = f"the variant {spec['variant_name']!r} (not min-max: no inner attack)"
+        require(None, inner_weights, what, option="--inner-weights")
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
     pool, variant = spec["pool"], spec["variant"]

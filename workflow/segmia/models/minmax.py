@@ -21,7 +21,6 @@ make its members look like non-members. Four switches of the variant spec choose
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from ..data.split import mia_indices
 from ..errors import SegmiaError
 from .losses import probabilities
 from .train import Arrays
-from .weights import ATTACK_FILES, LocalWeights, WeightsError
+from .weights import ATTACK_FILES, LocalWeights, require
 
 log = logging.getLogger("segmia")
 
@@ -130,28 +129,17 @@ class MinMax:
 
     @staticmethod
     def _build(name: str, in_channels: int, width: int, weights: LocalWeights | None) -> nn.Module:
-        if name == "small_cnn":
-            if weights is not None:
-                raise WeightsError(
-                    f"--inner-weights {weights.path} was given, but the min-max inner attack is "
-                    "the small_cnn (inner_classifier: small_cnn), which takes no pretrained "
-                    "weights; drop --inner-weights."
-                )
-            return build_classifier({"classifier": "small_cnn", "width": width}, in_channels)
-        expected = ATTACK_FILES[name]
-        if weights is None:
+        expected = ATTACK_FILES.get(name)  # small_cnn: none
+        what = f"the min-max inner attack ({name})"
+        require(expected, weights, what, option="--inner-weights", optional=True)
+        if expected is not None and weights is None:
             log.warning(
                 "the min-max inner %s starts from random initialisation: no --inner-weights "
                 "given (the original study starts it from ImageNet weights, %s)",
                 name,
                 expected,
             )
-        elif Path(weights.path).name != expected:
-            raise WeightsError(
-                f"the min-max inner {name} loads torchvision's ImageNet weights {expected}, but "
-                f"--inner-weights names {weights.path}; pass <resources>/weights/{expected}."
-            )
-        return build_classifier({"classifier": name}, in_channels, weights=weights)
+        return build_classifier({"classifier": name, "width": width}, in_channels, weights=weights)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.NAdam(self.attack.parameters(), lr=self.lr)

@@ -282,22 +282,29 @@ class LocalWeights:
         return load_file(self.path, self.digest)
 
 
-def require(name: str | None, weights: LocalWeights | None, what: str) -> None:
-    """A training job's check that it was given exactly the weight file ``name`` (None: none)."""
-    if name is not None and weights is None:
+def require(
+    name: str | None,
+    weights: LocalWeights | None,
+    what: str,
+    option: str = "--weights",
+    optional: bool = False,
+) -> None:
+    """A training job's check that it was given exactly the weight file ``name`` (None: none)
+    through the command-line ``option``; ``optional``: no file at all is allowed too."""
+    if name is not None and weights is None and not optional:
         raise WeightsError(
-            f"{what} starts from pretrained weights, but no weight file was given: pass --weights "
+            f"{what} starts from pretrained weights, but no weight file was given: pass {option} "
             f"<resources>/weights/{name} (the local Snakemake rule fetch_weights puts it there). "
             "Jobs never download weights."
         )
     if name is None and weights is not None:
         raise WeightsError(
-            f"--weights {weights.path} was given, but {what} starts from no pretrained weights "
-            "in this config; drop --weights."
+            f"{option} {weights.path} was given, but {what} starts from no pretrained weights "
+            f"in this config; drop {option}."
         )
     if weights is not None and Path(weights.path).name != name:
         raise WeightsError(
-            f"{what} loads the weight file {name} ({FILES[name].used_by}), but --weights names "
+            f"{what} loads the weight file {name} ({FILES[name].used_by}), but {option} names "
             f"{weights.path}; pass <resources>/weights/{name}."
         )
 

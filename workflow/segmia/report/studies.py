@@ -86,11 +86,10 @@ def load(
 
 def _ci_units(frame: pd.DataFrame) -> str:
     """What the bootstrap intervals resampled: whole groups (how many) or samples."""
-    units = []
-    for path in dict.fromkeys(frame["path"]):
-        m = read_json(Path(path) / "metrics.json")
-        unit = m.get("ci_unit", "sample")
-        units.append(f"{m.get('ci_groups', '?')} groups" if unit == "group" else "samples")
+    units = [
+        f"{n} groups" if unit == "group" else "samples"
+        for unit, n in zip(frame["ci_unit"], frame["ci_groups"], strict=True)
+    ]
     return ", ".join(dict.fromkeys(units))
 
 
@@ -140,12 +139,9 @@ def _formatted(
     return out
 
 
-def _unresolved(frame: pd.DataFrame) -> set[str]:
-    """The TPR-at-FPR metrics whose FPR is below 1 / #non-members of some evaluation."""
-    if "n_nonmembers" not in frame or frame.empty:
-        return set()
-    n = int(frame["n_nonmembers"].min())
-    return {m for m, level in FPR_LEVELS.items() if level < 1.0 / max(n, 1)}
+def _unresolved(n_nonmembers: int) -> set[str]:
+    """The TPR-at-FPR metrics whose FPR is below 1 / #non-members (one false positive)."""
+    return {m for m, level in FPR_LEVELS.items() if level < 1.0 / max(n_nonmembers, 1)}
 
 
 def write_study_table(
@@ -183,14 +179,14 @@ def write_table(
     kind, attacks = study["type"], study["attacks"]
     seeds = int(frame.groupby(["label", "attack"]).size().max())
     note = f"Dataset `{study['dataset']}`; mean ± standard deviation over {seeds} seed(s); chance AUC 0.5."
-    unresolved = _unresolved(frame)
+    n = int(frame["n_nonmembers"].min())
+    unresolved = _unresolved(n)
 
     def _write(stem, numeric, formatted, title, note):  # "n/a" where the FPR is not resolvable
         for column in formatted.columns:
             if any(SHORT[m] in column for m in unresolved):
                 formatted[column] = "n/a"
         if unresolved:
-            n = int(frame["n_nonmembers"].min())
             note += (
                 f" n/a: with {n} non-members the smallest resolvable FPR is 1/{n} = {1 / n:.3g}; "
                 f"a TPR at {', '.join(SHORT[m].split('@')[1] for m in sorted(unresolved))} "

@@ -72,10 +72,14 @@ def collect_evaluations(study: str, paths: list[str | Path]) -> pd.DataFrame:
                 **{k: m[k] for k in ATTACK_COLUMNS[9:]},
                 "shadow_variant": m["shadow_variant"],
                 **{k: m.get(k, v) for k, v in SEGMIA.items()},  # protocol switches
+                # the bootstrap's unit (older evaluations resampled samples)
+                "ci_unit": m.get("ci_unit", "sample"),
+                "ci_groups": m.get("ci_groups"),
                 "path": str(Path(p).parent),
             }
         )
-    return pd.DataFrame(rows, columns=ATTACK_COLUMNS + ["shadow_variant", *SEGMIA, "path"])
+    extra = ["shadow_variant", *SEGMIA, "ci_unit", "ci_groups", "path"]
+    return pd.DataFrame(rows, columns=ATTACK_COLUMNS + extra)
 
 
 def concat(paths: list[str | Path]) -> pd.DataFrame:
