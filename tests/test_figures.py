@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, load_yaml, run_snakemake, write_config
 from segmia import cli, plan, protocol
+from segmia.attacks.metrics import null_halves
 from segmia.config import load_config
 
 SEEDS = [0, 1]
@@ -81,10 +82,19 @@ def _fabricate(config: dict, name: str, root) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         member = np.r_[np.ones(8, int), np.zeros(8, int)]
         score = rng.normal(size=16) + member
+        group = np.repeat(np.arange(8), 2)  # patients of two images each
+        null_half = pd.array([pd.NA] * 8 + list(null_halves(group[8:], 0)), dtype="Int64")
         pd.DataFrame(
-            {"sample_id": [f"s{i}" for i in range(16)], "member": member, "score": score}
+            {
+                "sample_id": [f"s{i}" for i in range(16)],
+                "member": member,
+                "score": score,
+                "group": group,
+                "null_half": null_half,
+            }
         ).to_csv(out / "scores.csv", index=False)
         auc = float(rng.uniform(0.5, 0.9))
+        null = float(rng.uniform(0.2, 0.8))
         spec = plan.evaluation_spec(config, ev)  # what the job receives: names, switches
         metrics = {
             "dataset": ev.dataset,
@@ -107,6 +117,12 @@ def _fabricate(config: dict, name: str, root) -> dict:
             "auc_ci_high": min(auc + 0.1, 1.0),
             "n_members": 8,
             "n_nonmembers": 8,
+            "ci_unit": "group",
+            "ci_groups": 8,
+            "null_auc": null,
+            "null_auc_ci_low": null - 0.25,
+            "null_auc_ci_high": null + 0.25,
+            "null_excludes_chance": abs(null - 0.5) > 0.25,
         }
         (out / "metrics.json").write_text(json.dumps(metrics))
         files["evaluations"].append(str(out / "metrics.json"))
@@ -170,9 +186,13 @@ def test_every_figure_kind_is_drawn_and_every_table_written(every_study, tmp_pat
         else:
             for ext in ("csv", "md", "tex"):
                 assert out.with_suffix(f".{ext}").stat().st_size > 0, (name, kind, ext)
+            text = out.with_suffix(".md").read_text()
+            # every table shows each attack's null control, and explains it
+            assert ("null AUC" in text or "Null-control AUC" in text) and "†" in text, (name, kind)
             if kind == "attacks":  # 8 non-members resolve no FPR below 1/8: n/a, not a number
-                text = out.with_suffix(".md").read_text()
                 assert "n/a" in text and "smallest resolvable FPR is 1/8" in text
+                # each seed's own interval, never the seeds' intervals averaged
+                assert "s0 [" in text and "s1 [" in text and "averaged" not in text
     assert drawn == set(plan.FIGURES)
 
 

@@ -1,10 +1,18 @@
 """Scores that do not saturate, and intervals at the membership unit."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from segmia.attacks.classifier import score_attack
-from segmia.attacks.metrics import bootstrap_cis, roc_curve, roc_metrics, tpr_at_fpr
+from segmia.attacks.metrics import (
+    bootstrap_cis,
+    null_control,
+    null_halves,
+    roc_curve,
+    roc_metrics,
+    tpr_at_fpr,
+)
 
 
 class _Planted(torch.nn.Module):
@@ -80,3 +88,64 @@ def test_bootstrap_of_a_clear_separation_excludes_chance_at_either_unit():
     for g in (None, groups):
         cis = bootstrap_cis(labels, scores, n=300, seed=0, groups=g)
         assert cis["auc_ci_low"] > 0.8
+
+
+# --- null control -------------------------------------------------------------------------------
+
+
+def test_null_halves_keep_groups_whole_balance_sizes_and_ignore_sample_order():
+    rng = np.random.default_rng(5)
+    groups = np.repeat([f"p{i}" for i in range(11)], rng.integers(1, 9, 11))
+    halves = null_halves(groups, seed=3)
+    frame = pd.DataFrame({"group": groups, "half": halves})
+    assert (frame.groupby("group")["half"].nunique() == 1).all()  # no group in both halves
+    sizes = frame["half"].value_counts()
+    assert set(sizes.index) == {0, 1} and abs(sizes[0] - sizes[1]) <= 8  # one group at most
+    shuffled = rng.permutation(len(groups))  # the same groups in another order: the same split
+    again = null_halves(groups[shuffled], seed=3)
+    assert dict(zip(groups[shuffled], again, strict=True)) == dict(zip(groups, halves, strict=True))
+    assert not np.array_equal(halves, null_halves(groups, seed=4))  # another seed, another split
+
+
+def test_null_control_scores_only_non_members_and_flags_a_split_the_scores_separate():
+    groups = np.repeat(np.arange(24), 5)
+    labels = (groups < 12).astype(int)  # members: the first 12 patients
+    halves = null_halves(groups[labels == 0], seed=7)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, len(groups))
+    # the scores tell the two halves' patients apart: the null must find it and flag it
+    shifted = noise.copy()
+    shifted[labels == 0] += 3.0 * halves
+    null, got = null_control(labels, shifted, groups, seed=7)
+    np.testing.assert_array_equal(got, halves)
+    assert null["null_auc"] > 0.9 and null["null_auc_ci_low"] > 0.5
+    assert null["null_excludes_chance"] and null["null_groups"] == 12
+    # members do not enter: changing their scores changes nothing
+    moved = shifted.copy()
+    moved[labels == 1] += 100.0
+    assert null_control(labels, moved, groups, seed=7)[0] == null
+    # independent noise: the null interval contains chance
+    clean, _ = null_control(labels, noise, groups, seed=7)
+    assert clean["null_auc_ci_low"] < 0.5 < clean["null_auc_ci_high"]
+    assert not clean["null_excludes_chance"]
+    # one non-member group cannot be split
+    single = np.where(labels == 0, 99, groups)
+    empty, none = null_control(labels, noise, single, seed=7)
+    assert none is None and np.isnan(empty["null_auc"]) and not empty["null_excludes_chance"]
+
+
+def test_a_null_resampled_by_group_is_calibrated_where_one_resampled_by_sample_is_not():
+    """Patients differ (a random effect per patient) and membership does nothing: a null interval
+    over groups excludes 0.5 about 5 % of the time; one over samples far more often."""
+    rng = np.random.default_rng(11)
+    groups = np.repeat(np.arange(16), 8)
+    exclude = {"group": 0, "sample": 0}
+    runs = 40
+    for run in range(runs):
+        scores = rng.normal(0, 1, 16)[groups] + 0.2 * rng.normal(0, 1, len(groups))
+        halves = null_halves(groups, seed=run)
+        for unit, g in (("group", groups), ("sample", None)):
+            cis = bootstrap_cis(halves, scores, n=200, seed=run, groups=g)
+            exclude[unit] += not cis["auc_ci_low"] < 0.5 < cis["auc_ci_high"]
+    assert exclude["group"] / runs <= 0.12, exclude
+    assert exclude["sample"] >= 3 * max(exclude["group"], 2), exclude

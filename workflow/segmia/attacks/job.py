@@ -18,7 +18,10 @@ An evaluation directory holds ``scores.csv`` (``sample_id``, ``member``, ``score
 "member") and ``metrics.json``: score-based metrics on the victim's MIA set (``auc`` with a
 bootstrap 95% CI, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr``, ``balanced_accuracy``) and the
 paper's protocol (``accuracy``, ``f1``: learned attacks averaged over the last k attack epochs;
-threshold attacks at their threshold; reference attacks at likelihood ratio 1 / score 0.5).
+threshold attacks at their threshold; reference attacks at likelihood ratio 1 / score 0.5). The
+intervals resample the membership unit (``group`` column: patient, city, or the image), and the
+null control (``null_auc`` with its interval, ``null_half`` column) is the same scores' AUC between
+two random halves of the non-member groups (``metrics.null_control``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ from ..protocol import SEGMIA
 from ..runtime import Checkpoint, stable_seed
 from .classifier import build_classifier, learned_inputs, score_attack, train_attack, with_weights
 from .features import feature_channels
-from .metrics import bootstrap_cis, resolvable_fpr, roc_metrics, threshold_metrics
+from .metrics import (
+    bootstrap_cis,
+    null_control,
+    resolvable_fpr,
+    roc_metrics,
+    threshold_metrics,
+)
 from .names import AGGREGATES, LOSS_MAP_PARTS
 from .outputs import QuerySet
 from .release import release
@@ -350,6 +359,10 @@ def write_evaluation(
         labels, scores, seed=stable_seed(spec["attack"], spec["seed"]), groups=groups
     )
     n_groups = len(labels) if groups is None else len(set(groups))
+    # the same split of the non-member groups for every attack on this MIA set
+    null, halves = null_control(
+        labels, scores, groups, seed=stable_seed("null", spec["dataset"], spec["seed"])
+    )
     metrics = {
         **{k: spec[k] for k in ("dataset", "attack", "release_name", "seed", "train_size")},
         "victim_arch": spec["victim"]["arch"],
@@ -362,6 +375,7 @@ def write_evaluation(
         "ci_unit": "group" if n_groups < len(labels) else "sample",
         "ci_groups": n_groups,
         "resolvable_fpr": resolvable_fpr(int((1 - labels).sum())),
+        **null,
         "balanced_accuracy": threshold_metrics(labels, predictions)["balanced_accuracy"],
         "accuracy": protocol["accuracy"],
         "f1": protocol["f1"],
@@ -377,13 +391,16 @@ def write_evaluation(
                 "member": labels,
                 "score": scores,
                 **({} if groups is None else {"group": groups}),
+                # the null control's half of each non-member (empty for members)
+                "null_half": _null_column(labels, halves),
             }
         ),
     )
     write_json(out_dir / "metrics.json", metrics)
     log.info(
         "%s on victim %s/%s: AUC %.3f [%.3f, %.3f] (95 %% CI over %d %ss), TPR@1%%FPR %.3f, "
-        "accuracy (paper protocol) %.3f",
+        "accuracy (paper protocol) %.3f; null control (two halves of %d non-member groups) "
+        "AUC %.3f [%.3f, %.3f]%s",
         spec["attack"],
         spec["victim"]["arch"],
         spec["victim"]["variant"],
@@ -394,5 +411,17 @@ def write_evaluation(
         metrics["ci_unit"],
         metrics["tpr_at_1pct_fpr"],
         metrics["accuracy"],
+        metrics["null_groups"],
+        metrics["null_auc"],
+        metrics["null_auc_ci_low"],
+        metrics["null_auc_ci_high"],
+        " (excludes chance: the scores separate groups)" if metrics["null_excludes_chance"] else "",
     )
     return metrics
+
+
+def _null_column(labels: np.ndarray, halves: np.ndarray | None) -> pd.Series:
+    column = pd.Series(pd.NA, index=range(len(labels)), dtype="Int64")
+    if halves is not None:
+        column[np.flatnonzero(labels == 0)] = halves
+    return column

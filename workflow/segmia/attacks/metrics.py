@@ -100,3 +100,68 @@ def bootstrap_cis(
 def resolvable_fpr(n_nonmembers: int) -> float:
     """The smallest non-zero FPR an MIA set can show: one false positive."""
     return 1.0 / max(int(n_nonmembers), 1)
+
+
+# --- null control -------------------------------------------------------------------------------
+
+
+def null_halves(groups: np.ndarray, seed: int) -> np.ndarray:
+    """Each sample's half (1 or 0) in a seeded random split of its groups into two halves.
+
+    Whole groups go to one half (the membership unit never straddles the halves); groups are
+    taken in a random order and each joins the half with fewer samples so far, so the halves are
+    about equally large. The split depends only on the set of groups and the seed.
+    """
+    groups = np.asarray(groups).astype(str)
+    uniq, group_of, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    half_of_group = np.zeros(len(uniq), int)
+    counts = [0, 0]
+    for g in np.random.default_rng(seed).permutation(len(uniq)):
+        half = int(counts[1] < counts[0])
+        half_of_group[g] = half
+        counts[half] += sizes[g]
+    return half_of_group[group_of]
+
+
+def null_control(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+    n: int = 1000,
+) -> tuple[dict, np.ndarray | None]:
+    """The attack's scores on two halves of the non-members: (metrics, each non-member's half).
+
+    The non-members' groups (patients, cities; samples when ``groups`` is None) are split at
+    random into two halves (``null_halves``); the AUC of half 1 against half 0, with the same
+    cluster bootstrap as the attack's own AUC, is what the attack "finds" between two sets of
+    non-members that differ only in their groups. A null interval that excludes 0.5 says the
+    scores separate groups, so an attack AUC of that size is no evidence of membership.
+    Fewer than two non-member groups: NaN metrics and no halves.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).astype(int)
+    out = labels == 0
+    g = np.arange(len(labels))[out] if groups is None else np.asarray(groups)[out]
+    n_groups = len(set(g.tolist()))
+    if n_groups < 2:
+        nan = float("nan")
+        return {
+            "null_auc": nan,
+            "null_auc_ci_low": nan,
+            "null_auc_ci_high": nan,
+            "null_groups": n_groups,
+            "null_excludes_chance": False,
+        }, None
+    halves = null_halves(g, seed)
+    s = np.asarray(scores, dtype=np.float64)[out]
+    cis = bootstrap_cis(halves, s, n=n, seed=seed, groups=g)
+    low, high = cis["auc_ci_low"], cis["auc_ci_high"]
+    return {
+        "null_auc": float(roc_auc_score(halves, s)),
+        "null_auc_ci_low": low,
+        "null_auc_ci_high": high,
+        "null_groups": n_groups,
+        "null_excludes_chance": bool(low > 0.5 or high < 0.5),
+    }, halves

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..attacks.names import LABELS as ATTACK_LABELS
 from ..protocol import SWITCHES, ablation_arms, applies
-from .tables import cell
+from .tables import cell, null_cell
 
 METRICS = {"auc": "AUC", "tpr_at_1pct_fpr": "TPR@1%FPR", "accuracy": "acc."}
 
@@ -71,6 +71,9 @@ def changes(frame: pd.DataFrame, study: dict) -> pd.DataFrame:
             ].to_numpy(dtype=float)
             row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=1)
             row[f"d_{metric}_mean"], row[f"d_{metric}_std"] = diffs.mean(), diffs.std(ddof=1)
+        null = sub["null_auc"].astype(float)
+        row["null_auc_mean"], row["null_auc_std"] = null.mean(), null.std(ddof=1)
+        row["null_flag"] = bool(sub["null_excludes_chance"].any())
         out.append(row)
     return pd.DataFrame(out)
 
@@ -99,6 +102,16 @@ def formatted(numeric: pd.DataFrame) -> pd.DataFrame:
                 strict=True,
             )
         ]
+    out["null AUC"] = [
+        null_cell(*values)
+        for values in zip(
+            numeric["null_auc_mean"],
+            numeric["null_auc_std"],
+            numeric["seeds"],
+            numeric["null_flag"],
+            strict=True,
+        )
+    ]
     return out
 
 

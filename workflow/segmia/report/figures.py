@@ -73,18 +73,40 @@ def heatmap(
     plt.close(fig)
 
 
-def mean_roc(score_files: list[str | Path], grid: np.ndarray) -> tuple[np.ndarray, float]:
+def mean_roc(
+    score_files: list[str | Path], grid: np.ndarray, labels: str = "member"
+) -> tuple[np.ndarray, float]:
     """Mean TPR over runs (seeds) at the FPR values of ``grid`` (step interpolation), and the
-    smallest FPR the runs resolve (1 / fewest non-members)."""
+    smallest FPR the runs resolve (1 / fewest negatives). ``labels``: the column that says what
+    is positive, ``member`` or ``null_half`` (the null control: rows without a half are left out).
+    """
     tprs, negatives = [], []
     for f in score_files:
-        scores = read_csv(f, required=("member", "score"))
-        labels = scores["member"].to_numpy()
-        fpr, tpr = roc_curve(labels, scores["score"].to_numpy())
+        scores = read_csv(f, required=(labels, "score")).dropna(subset=[labels])
+        labels_ = scores[labels].to_numpy().astype(int)
+        fpr, tpr = roc_curve(labels_, scores["score"].to_numpy())
         idx = np.searchsorted(fpr, grid, side="right") - 1
         tprs.append(tpr[np.clip(idx, 0, len(tpr) - 1)])
-        negatives.append(int((labels == 0).sum()))
+        negatives.append(int((labels_ == 0).sum()))
     return np.mean(tprs, axis=0), 1.0 / max(min(negatives), 1)
+
+
+def null_band(
+    curves: dict[str, list[str]], grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The range (lowest, highest TPR at each FPR of ``grid``) of the curves' null-control ROCs,
+    each averaged over its seeds; None when no score file has a null control."""
+
+    def has_null(f) -> bool:
+        scores = read_csv(f)
+        return "null_half" in scores and scores["null_half"].nunique() == 2
+
+    nulls = [
+        mean_roc(files, grid, labels="null_half")[0]
+        for files in curves.values()
+        if all(has_null(f) for f in files)
+    ]
+    return (np.min(nulls, axis=0), np.max(nulls, axis=0)) if nulls else None
 
 
 def roc_figure(
@@ -97,6 +119,8 @@ def roc_figure(
     """Log-log ROC curves: ``curves[panel][label]`` = score files (one per seed), averaged.
 
     Below 1 / #non-members no FPR can be measured: curves start there and the region is shaded.
+    The grey band is the range of the curves' null controls (each attack's ROC between two halves
+    of the non-member groups): where an attack that only tells groups apart would lie.
     """
     plt, sns = _pyplot()
     grid = np.logspace(np.log10(min_fpr), 0, 400)
@@ -116,6 +140,19 @@ def roc_figure(
         ax.plot(
             [min_fpr, 1], [min_fpr, 1], color="grey", linestyle="--", linewidth=1, label="chance"
         )
+        band = null_band(curves[panel], grid)
+        if band is not None:
+            ax.fill_between(
+                grid,
+                np.maximum(band[0], min_fpr),
+                np.maximum(band[1], min_fpr),
+                where=grid >= resolution,
+                step="post",
+                color="0.6",
+                alpha=0.3,
+                linewidth=0,
+                label="null control (range)",
+            )
         if resolution > min_fpr:
             ax.axvspan(min_fpr, resolution, color="0.9", zorder=0)
             ax.text(

@@ -18,9 +18,9 @@ from ..attacks.names import LABELS as ATTACK_LABELS
 from ..io import atomic_path, read_json, write_csv
 from . import ablation, figures, paper
 from .summary import collect_evaluations
-from .tables import cell, write_grid_tables
+from .tables import NULL_NOTE, cell, null_cell, null_flags, write_grid_tables
 
-ATTACK_METRICS = ["auc", "tpr_at_1pct_fpr", "accuracy"]
+ATTACK_METRICS = ["auc", "tpr_at_1pct_fpr", "accuracy", "null_auc"]
 SHORT = {
     "auc": "AUC",
     "tpr_at_1pct_fpr": "TPR@1%FPR",
@@ -28,6 +28,7 @@ SHORT = {
     "accuracy": "acc.",
     "f1": "F1",
     "balanced_accuracy": "bal. acc.",
+    "null_auc": "null AUC",
 }
 
 
@@ -93,6 +94,30 @@ def _ci_units(frame: pd.DataFrame) -> str:
     return ", ".join(dict.fromkeys(units))
 
 
+def _attack_order(order: dict[str, int]):
+    """A sort key: attacks in the study's order, other columns as they are."""
+    return lambda column: column.map(order) if column.name == "attack" else column
+
+
+def _seed_intervals(rows: pd.DataFrame) -> pd.Series:
+    """Each seed's 95 % interval of the AUC and of the null AUC, as text ("s<seed>" when several)."""
+
+    def text(low: str, high: str) -> str:
+        parts = [
+            ("" if len(rows) < 2 else f"s{seed} ") + f"[{lo:.2f}, {hi:.2f}]"
+            for seed, lo, hi in zip(rows["seed"], rows[low], rows[high], strict=True)
+            if not pd.isna(lo)
+        ]
+        return "; ".join(parts)
+
+    return pd.Series(
+        {
+            "intervals": text("auc_ci_low", "auc_ci_high"),
+            "null_intervals": text("null_auc_ci_low", "null_auc_ci_high"),
+        }
+    )
+
+
 def _stats(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
     grouped = frame.groupby(keys, sort=False)[metrics]
     out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
@@ -116,8 +141,9 @@ def _wide(frame: pd.DataFrame, key: str, attacks: list[str]) -> pd.DataFrame:
     """One row per ``key`` value, columns <attack>_<metric>_{mean,std}."""
     parts = []
     for attack in attacks:
-        stats = _stats(frame[frame["attack"] == attack], [key], ATTACK_METRICS)
-        stats = stats.drop(columns="seeds").set_index(key)
+        sub = frame[frame["attack"] == attack]
+        stats = _stats(sub, [key], ATTACK_METRICS).drop(columns="seeds").set_index(key)
+        stats = stats.join(null_flags(sub, [key]))
         stats.columns = [f"{attack}_{c}" for c in stats.columns]
         parts.append(stats)
     return pd.concat(parts, axis=1).reset_index()
@@ -129,10 +155,15 @@ def _formatted(
     out = pd.DataFrame({key: wide[key]})
     for attack in attacks:
         for m in ATTACK_METRICS:
-            out[f"{ATTACK_LABELS.get(attack, attack)} {SHORT[m]}"] = [
-                cell(a, b, seeds)
-                for a, b in zip(wide[f"{attack}_{m}_mean"], wide[f"{attack}_{m}_std"], strict=True)
-            ]
+            mean, std = wide[f"{attack}_{m}_mean"], wide[f"{attack}_{m}_std"]
+            out[f"{ATTACK_LABELS.get(attack, attack)} {SHORT[m]}"] = (
+                [
+                    null_cell(a, b, seeds, f)
+                    for a, b, f in zip(mean, std, wide[f"{attack}_null_flag"], strict=True)
+                ]
+                if m == "null_auc"
+                else [cell(a, b, seeds) for a, b in zip(mean, std, strict=True)]
+            )
     for column, title in extra.items():
         if column in wide:
             out[title] = [("" if pd.isna(v) else f"{v:.3f}") for v in wide[column]]
@@ -192,6 +223,8 @@ def write_table(
                 f"a TPR at {', '.join(SHORT[m].split('@')[1] for m in sorted(unresolved))} "
                 "would be the TPR at zero false positives (the CSV keeps that number)."
             )
+        if any(SHORT["null_auc"] in column for column in formatted.columns):
+            note += " " + NULL_NOTE
         write_study_table(stem, numeric, formatted, title, note)
 
     reference = study.get("paper")
@@ -289,53 +322,55 @@ def write_table(
         )
         return
     if kind == "attack_comparison":
-        metrics = [
-            "auc",
-            "auc_ci_low",
-            "auc_ci_high",
-            "tpr_at_1pct_fpr",
-            "tpr_at_0.1pct_fpr",
-            "balanced_accuracy",
-        ]
-        stats = _stats(frame, ["attack", "label"], metrics)
         order = {a: i for i, a in enumerate(attacks)}
-        stats = stats.sort_values("attack", key=lambda c: c.map(order), kind="stable")
-        numeric = stats.assign(family=stats["attack"].map(FAMILY)).rename(
-            columns={"label": "defence"}
+        frame = frame.sort_values(["attack", "seed"], key=_attack_order(order), kind="stable")
+        metrics = ["auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "null_auc"]
+        stats = _stats(frame, ["attack", "label"], metrics).merge(
+            null_flags(frame, ["attack", "label"]).reset_index(), on=["attack", "label"]
         )
-        formatted = pd.DataFrame(
-            {"attack": [ATTACK_LABELS.get(a, a) for a in dict.fromkeys(stats["attack"])]}
+        # every seed's own interval: a victim per seed, so the intervals are not averaged
+        intervals = frame.groupby(["attack", "label"], sort=False).apply(
+            _seed_intervals, include_groups=False
         )
-        formatted.insert(1, "family", [FAMILY.get(a, "") for a in dict.fromkeys(stats["attack"])])
+        stats = stats.merge(intervals.reset_index(), on=["attack", "label"])
+        # the numbers: one row per attack, defence and seed, with each seed's intervals
+        numeric = frame[
+            ["attack", "label", "seed", *metrics, *(c for c in frame if "_ci_" in c)]
+            + ["null_excludes_chance", "ci_unit", "ci_groups"]
+        ].rename(columns={"label": "defence"})
+        numeric.insert(1, "family", numeric["attack"].map(FAMILY))
+        attack_order = list(dict.fromkeys(stats["attack"]))
+        formatted = pd.DataFrame({"attack": [ATTACK_LABELS.get(a, a) for a in attack_order]})
+        formatted.insert(1, "family", [FAMILY.get(a, "") for a in attack_order])
         for defence in dict.fromkeys(stats["label"]):
-            sub = (
-                stats[stats["label"] == defence]
-                .set_index("attack")
-                .reindex(list(dict.fromkeys(stats["attack"])))
-            )
+            sub = stats[stats["label"] == defence].set_index("attack").reindex(attack_order)
             formatted[f"{defence}: AUC [95% CI]"] = [
-                f"{cell(m, sd, seeds)} [{lo:.2f}, {hi:.2f}]"
-                for m, sd, lo, hi in zip(
-                    sub["auc_mean"],
-                    sub["auc_std"],
-                    sub["auc_ci_low_mean"],
-                    sub["auc_ci_high_mean"],
-                    strict=True,
-                )
+                f"{cell(m, sd, seeds)} {ci}"
+                for m, sd, ci in zip(sub["auc_mean"], sub["auc_std"], sub["intervals"], strict=True)
             ]
             for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"):
                 formatted[f"{defence}: {SHORT[m]}"] = [
                     cell(a, b, seeds)
                     for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
                 ]
+            formatted[f"{defence}: {SHORT['null_auc']} [95% CI]"] = [
+                f"{null_cell(m, sd, seeds, flag)} {ci}"
+                for m, sd, flag, ci in zip(
+                    sub["null_auc_mean"],
+                    sub["null_auc_std"],
+                    sub["null_flag"],
+                    sub["null_intervals"],
+                    strict=True,
+                )
+            ]
         _write(
             stem,
             numeric,
             formatted,
             f"{study_name}: attack comparison",
             note
-            + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}; the seeds' "
-            "intervals averaged).",
+            + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}), each seed's"
+            " own interval (one victim per seed; the CSV has one row per seed).",
         )
         return
     if kind == "poisoning":

@@ -44,6 +44,14 @@ ATTACK_COLUMNS = [
     "n_nonmembers",
 ]
 
+#: the null control of each evaluation (``metrics.null_control``) and its value where missing
+NULL_COLUMNS = {
+    "null_auc": float("nan"),
+    "null_auc_ci_low": float("nan"),
+    "null_auc_ci_high": float("nan"),
+    "null_excludes_chance": False,
+}
+
 
 def collect_models(paths: list[str | Path]) -> pd.DataFrame:
     rows = [read_json(p) for p in paths]
@@ -75,10 +83,11 @@ def collect_evaluations(study: str, paths: list[str | Path]) -> pd.DataFrame:
                 # the bootstrap's unit (older evaluations resampled samples)
                 "ci_unit": m.get("ci_unit", "sample"),
                 "ci_groups": m.get("ci_groups"),
+                **{k: m.get(k, v) for k, v in NULL_COLUMNS.items()},
                 "path": str(Path(p).parent),
             }
         )
-    extra = ["shadow_variant", *SEGMIA, "ci_unit", "ci_groups", "path"]
+    extra = ["shadow_variant", *SEGMIA, "ci_unit", "ci_groups", *NULL_COLUMNS, "path"]
     return pd.DataFrame(rows, columns=ATTACK_COLUMNS + extra)
 
 

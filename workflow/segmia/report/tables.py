@@ -15,7 +15,17 @@ METRIC_LABELS = {
     "accuracy": "Accuracy (paper protocol)",
     "f1": "F1 (paper protocol)",
     "balanced_accuracy": "Balanced accuracy",
+    "null_auc": "Null-control AUC (two halves of the non-members)",
 }
+#: the mark of a null control whose 95 % interval excludes 0.5 (in any seed)
+NULL_FLAG = " †"
+NULL_NOTE = (
+    "Null AUC: the same attack's AUC between two random halves of the non-member groups (whole "
+    "groups, 95 % interval over groups): what the attack finds between two sets of non-members "
+    "that differ only in their groups, the baseline to read its AUC against."
+    f"{NULL_FLAG.strip()} marks a null interval that excludes 0.5 (in at least one seed): there "
+    "the scores separate groups, and an attack AUC of that size is no evidence of membership."
+)
 
 
 def mean_std(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -33,19 +43,35 @@ def cell(mean: float, std: float, seeds: int) -> str:
     return f"{mean:.3f}" if seeds < 2 or pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+def null_cell(mean: float, std: float, seeds: int, flagged: bool) -> str:
+    """A null-control AUC cell, marked when its interval excludes chance; "n/a" without one."""
+    if pd.isna(mean):
+        return "n/a"
+    return cell(mean, std, seeds) + (NULL_FLAG if flagged else "")
+
+
+def null_flags(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Per ``keys`` value: does any seed's null interval exclude 0.5?"""
+    return frame.groupby(keys, sort=False)["null_excludes_chance"].any().rename("null_flag")
+
+
 def grid_table(
     frame: pd.DataFrame, rows: str, cols: str, metrics: list[str]
 ) -> dict[str, pd.DataFrame]:
     """One rows x cols grid of formatted cells per metric."""
     stats = mean_std(frame, [rows, cols], metrics)
+    if "null_auc" in metrics:
+        stats = stats.merge(null_flags(frame, [rows, cols]).reset_index(), on=[rows, cols])
     order_r = list(dict.fromkeys(frame[rows]))
     order_c = list(dict.fromkeys(frame[cols]))
     grids = {}
     for m in metrics:
-        stats["cell"] = [
-            cell(a, b, n)
-            for a, b, n in zip(stats[f"{m}_mean"], stats[f"{m}_std"], stats["seeds"], strict=True)
-        ]
+        mean, std, seeds = stats[f"{m}_mean"], stats[f"{m}_std"], stats["seeds"]
+        stats["cell"] = (
+            [null_cell(*v) for v in zip(mean, std, seeds, stats["null_flag"], strict=True)]
+            if m == "null_auc"
+            else [cell(a, b, n) for a, b, n in zip(mean, std, seeds, strict=True)]
+        )
         grid = stats.pivot(index=rows, columns=cols, values="cell").reindex(
             index=order_r, columns=order_c
         )
@@ -121,6 +147,8 @@ def write_grid_tables(
     write_csv(stem.with_suffix(".csv"), numeric)
     for m, grid in grids.items():
         md += [f"## {METRIC_LABELS[m]}", "", grid.to_markdown(), ""]
+        if m == "null_auc":
+            md[-1:] = ["", NULL_NOTE, ""]
         tex += [
             grid.to_latex(
                 caption=f"{title}: {METRIC_LABELS[m]}",
