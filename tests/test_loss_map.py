@@ -7,17 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from segmia.attacks.classifier import SmallCNN
+from segmia.attacks.classifier import SmallCNN, score_attack, train_attack
+from segmia.attacks.job import learned_attack
 from segmia.attacks.loss_map import (
     LossMapAttack,
     build_loss_map_attack,
     extract_patches,
-    fit_loss_map_attack,
     loss_map_channels,
     loss_map_features,
     patch_positions,
     patch_shape,
-    score_loss_map_attack,
 )
 from segmia.attacks.metrics import roc_metrics
 from segmia.attacks.outputs import QuerySet
@@ -141,14 +140,25 @@ def make_query(directory, data_dir, conf_members, conf_nonmembers, n=40, size=32
     return QuerySet(directory, data_dir)
 
 
+def _fit(shadow, out_dir, spec, device):
+    """The loss-map attack fitted on ``shadow`` as the fit step does: (model, inputs, snapshots,
+    rows)."""
+    torch.manual_seed(7)
+    model, inputs = learned_attack(
+        "loss_map", RECIPE, shadow.logits.shape, {"type": "none"}, 7, device
+    )
+    model, snapshots, rows = train_attack(
+        model, shadow, inputs, RECIPE, 7, out_dir, spec, device, "attack loss_map"
+    )
+    return model, inputs, snapshots, rows
+
+
 def test_loss_map_attack_stays_at_chance_without_a_difference(tmp_path):
     shadow = make_query(tmp_path / "shadow", tmp_path / "shadow_data", 1.5, 1.5, seed=1)
     victim = make_query(tmp_path / "victim", tmp_path / "victim_data", 1.5, 1.5, seed=2)
     device = torch.device("cpu")
-    model, _, _ = fit_loss_map_attack(
-        shadow, ("loss",), {"type": "none"}, RECIPE, 7, tmp_path / "attack", {}, device
-    )
-    scores = score_loss_map_attack(model, victim, ("loss",), {"type": "none"}, 7, device)
+    model, inputs, _, _ = _fit(shadow, tmp_path / "attack", {}, device)
+    scores = score_attack(model, victim, inputs, device)
     assert 0.3 < roc_metrics(victim.labels, scores)["auc"] < 0.7
 
 
@@ -158,21 +168,17 @@ def test_loss_map_attack_learns_a_planted_difference(tmp_path):
     victim = make_query(tmp_path / "victim", tmp_path / "victim_data", 2.5, 1.0, seed=2)
     device = torch.device("cpu")
     spec = {"attack": "loss_map", "recipe": RECIPE}
-    model, snapshots, rows = fit_loss_map_attack(
-        shadow, ("loss",), {"type": "none"}, RECIPE, 7, tmp_path / "attack", spec, device
-    )
+    model, inputs, snapshots, rows = _fit(shadow, tmp_path / "attack", spec, device)
     assert isinstance(model, LossMapAttack) and model.patch_hw == (11, 11)
     assert len(rows) == RECIPE["epochs"] and len(snapshots) == RECIPE["last_k"]
-    scores = score_loss_map_attack(model, victim, ("loss",), {"type": "none"}, 7, device)
+    scores = score_attack(model, victim, inputs, device)
     assert scores.shape == (80,) and scores.dtype == np.float32  # raw logits, not a sigmoid
     assert roc_metrics(victim.labels, scores)["auc"] > 0.8
     # fixed evaluation patches: scoring again gives the same scores
-    again = score_loss_map_attack(model, victim, ("loss",), {"type": "none"}, 7, device)
+    again = score_attack(model, victim, inputs, device)
     assert np.array_equal(scores, again)
     # the epoch checkpoint resumes: a finished run reloads its last epoch and trains no more
-    resumed, _, rows_again = fit_loss_map_attack(
-        shadow, ("loss",), {"type": "none"}, RECIPE, 7, tmp_path / "attack", spec, device
-    )
+    resumed, _, _, rows_again = _fit(shadow, tmp_path / "attack", spec, device)
     assert rows_again == rows
     for key, value in model.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key

@@ -11,8 +11,7 @@ from segmia.attacks.job import threshold_job
 from segmia.attacks.release import release
 from segmia.config import ConfigError, load_config
 from segmia.io import read_json, write_json, write_torch
-from segmia.models.job import load_model
-from segmia.models.registry import ByteInput, build_model
+from segmia.models.registry import ByteInput, build_model, load_model
 from segmia.models.train import Arrays, Recipe, Task, fit
 from segmia.report import ablation
 from test_attacks import _spec, make_query

@@ -89,30 +89,30 @@ def test_pins_are_the_published_prefixes_of_the_official_files():
 
 def test_the_config_plans_only_the_weight_files_it_needs():
     paper = load_yaml(REPO / "config" / "config.yaml")
-    assert weights.needed_files(paper) == [
+    assert plan.weight_files(load_config(paper)) == [
         "mobilenet_v2-b0353104.pth",
         "resnet34-333f7ec4.pth",
         "resnet34-b627a593.pth",
         "vgg11-bbd30ac9.pth",
     ]
-    assert weights.needed_files(load_yaml(CONFIGS / "tiny.yaml")) == []
+    assert plan.weight_files(load_config(load_yaml(CONFIGS / "tiny.yaml"))) == []
     # only the architectures some study uses; the attack's only with a learned attack
     one = {
         **paper,
         "studies": {"t": {"type": "architectures", "dataset": "liver", "architectures": ["vgg11"]}},
     }
-    assert weights.needed_files(one) == ["resnet34-b627a593.pth", "vgg11-bbd30ac9.pth"]
+    assert plan.weight_files(load_config(one)) == ["resnet34-b627a593.pth", "vgg11-bbd30ac9.pth"]
     one["studies"]["t"]["attacks"] = ["global_loss"]
-    assert weights.needed_files(one) == ["vgg11-bbd30ac9.pth"]
+    assert plan.weight_files(load_config(one)) == ["vgg11-bbd30ac9.pth"]
     one["studies"]["t"]["attacks"] = ["loss_map"]
     one["attack"] = {**paper["attack"], "classifier": "resnet18"}
-    assert weights.needed_files(one) == [ATTACK18, "vgg11-bbd30ac9.pth"]
+    assert plan.weight_files(load_config(one)) == [ATTACK18, "vgg11-bbd30ac9.pth"]
     one["attack"]["pretrained"] = False
     one["architectures"] = {
         **paper["architectures"],
         "vgg11": {"family": "smp_unet", "encoder": "vgg11"},
     }
-    assert weights.needed_files(one) == []
+    assert plan.weight_files(load_config(one)) == []
 
 
 def test_config_keys_are_checked():

@@ -268,7 +268,7 @@ def warn_cluster_gpu_limit():
 
 
 # --- pretrained weights (rules/weights.smk; inputs of train and fit_attack) ---
-WEIGHTS = pretrained.needed(CFG)
+WEIGHTS = plan.weight_files(CFG)
 
 
 def weights_file(name):

@@ -427,3 +427,17 @@ def attack_fit_spec(config: dict, attack: str, release: str, shadow: Model) -> d
         "recipe": config["attack"],
         "shadow": shadow.path(),
     }
+
+
+def weight_files(config: dict) -> list[str]:
+    """The pretrained weight files a validated config needs: the encoders of the architectures its
+    models use, the attack classifier's when a study runs a learned attack, and the min-max inner
+    attack's."""
+    from .models.weights import arch_file, attack_file, inner_file
+
+    models = all_models(config)
+    names = {arch_file(config["architectures"][a]) for a in {m.arch for m in models}}
+    names |= {inner_file(config, variant_spec(config, m.variant)) for m in models}
+    if any(set(s["attacks"]) & set(LEARNED_ATTACKS) for s in config["studies"].values()):
+        names.add(attack_file(config["attack"]))
+    return sorted(n for n in names if n)

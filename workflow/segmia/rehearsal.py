@@ -77,10 +77,12 @@ def provide_datasets(config: dict, resources: Path) -> dict:
 
 def provide_weights(config: dict, directory: Path) -> dict:
     """Fixture weight files for every weight file the config needs; their sha256 digests."""
-    from .models.weights import needed_files, write_fixture
+    from .config import load_config
+    from .models.weights import write_fixture
+    from .plan import weight_files
 
     directory.mkdir(parents=True, exist_ok=True)
-    return {f: write_fixture(f, directory / f) for f in needed_files(config)}
+    return {f: write_fixture(f, directory / f) for f in weight_files(load_config(config))}
 
 
 @contextlib.contextmanager

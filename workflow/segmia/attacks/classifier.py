@@ -254,40 +254,6 @@ def score_attack(
     return torch.cat(out).numpy()
 
 
-def fit_classifier(
-    query: QuerySet,
-    kind: str,
-    release_spec: dict,
-    recipe: dict,
-    seed: int,
-    out_dir: Path,
-    spec: dict,
-    device: torch.device,
-    in_channels: int,
-    weights=None,
-):
-    """Train a Type-I/II classifier on the shadow's MIA set; return (model, snapshots, rows).
-    ``weights``: the local ImageNet weight file of a pretrained ResNet (see ``build_classifier``)."""
-    torch.manual_seed(seed)
-    model = build_classifier(recipe, in_channels, weights).to(device)
-    inputs = learned_inputs(kind, release_spec, device)
-    return train_attack(model, query, inputs, recipe, seed, out_dir, spec, device, f"attack {kind}")
-
-
-def score(
-    model: nn.Module,
-    query: QuerySet,
-    kind: str,
-    release_spec: dict,
-    device: torch.device,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Membership score (raw logit) of every sample of ``query``."""
-    return score_attack(
-        model, query, learned_inputs(kind, release_spec, device), device, batch_size
-    )
-
-
 def with_weights(model: nn.Module, state: dict) -> nn.Module:
     other = copy.deepcopy(model)
     other.load_state_dict(state)

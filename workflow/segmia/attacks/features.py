@@ -11,8 +11,6 @@ import torch
 
 from ..models.losses import one_hot_target
 
-LEARNED = ("type1", "type2")
-
 
 def feature_channels(kind: str, out_channels: int) -> int:
     return {"type1": out_channels, "type2": 2 * out_channels}[kind]

@@ -56,7 +56,7 @@ log = logging.getLogger("segmia")
 # --- learned attacks ----------------------------------------------------------------------------
 
 
-def _learned(
+def learned_attack(
     kind: str,
     recipe: dict,
     shape: tuple[int, ...],
@@ -65,8 +65,9 @@ def _learned(
     device: torch.device,
     weights=None,
 ):
-    """(attack model, input builder) of a learned attack for maps of ``shape`` (N, C, H, W);
-    ``weights``: the classifier's local ImageNet weight file, when fitting a pretrained one."""
+    """(attack model, input builder) of the learned attack ``kind`` for maps of ``shape``
+    (N, C, H, W), ready for ``train_attack`` and ``score_attack``; ``weights``: the classifier's
+    local ImageNet weight file, when fitting a pretrained one."""
     if kind in LOSS_MAP_PARTS:
         from .loss_map import build_loss_map_attack, loss_map_channels, loss_map_inputs
 
@@ -98,7 +99,7 @@ def fit_attack_job(
     require(attack_file(recipe), weights, "the attack classifier")
     seed = stable_seed("attack", spec["shadow"], kind, spec["release_name"])
     torch.manual_seed(seed)
-    model, inputs = _learned(
+    model, inputs = learned_attack(
         kind, recipe, query.logits.shape, spec["release"], seed, device, weights
     )
     model, snapshots, rows = train_attack(
@@ -141,7 +142,7 @@ def eval_attack_job(
     attack_dir, out_dir = Path(attack_dir), Path(out_dir)
     fitted = read_json(attack_dir / "spec.json")
     query = QuerySet(victim_query, data_dir)
-    model, inputs = _learned(
+    model, inputs = learned_attack(
         spec["attack"],
         fitted["recipe"],
         tuple(fitted["shape"]),

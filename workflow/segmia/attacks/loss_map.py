@@ -25,15 +25,13 @@ Recipe keys: those of the Type-I/II attacks (``classifier``, ``width``, ``pretra
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..models.losses import cross_entropy_map, one_hot_target
 from ..runtime import stable_seed
-from .classifier import InputFn, build_classifier, score_attack, train_attack
+from .classifier import InputFn, build_classifier
 from .outputs import QuerySet
 from .release import release
 
@@ -188,40 +186,3 @@ def loss_map_inputs(
         return maps, positions.to(device)
 
     return build
-
-
-def fit_loss_map_attack(
-    query: QuerySet,
-    parts,
-    release_spec: dict,
-    recipe: dict,
-    seed: int,
-    out_dir: Path,
-    spec: dict,
-    device: torch.device,
-):
-    """Train the loss-map attack on the shadow's MIA set; return (model, snapshots, rows)."""
-    image_hw = (int(query.logits.shape[2]), int(query.logits.shape[3]))
-    in_channels = loss_map_channels(parts, int(query.logits.shape[1]))
-    torch.manual_seed(seed)
-    model = build_loss_map_attack(recipe, in_channels, image_hw).to(device)
-    floor = float(recipe.get("loss_floor", 1e-6))
-    inputs = loss_map_inputs(model, parts, release_spec, seed, device, floor)
-    return train_attack(
-        model, query, inputs, recipe, seed, out_dir, spec, device, "attack loss_map"
-    )
-
-
-def score_loss_map_attack(
-    model: LossMapAttack,
-    query: QuerySet,
-    parts,
-    release_spec: dict,
-    seed: int,
-    device: torch.device,
-    batch_size: int = 64,
-    loss_floor: float = 1e-6,
-) -> np.ndarray:
-    """Membership probability of every sample of ``query`` (patches at the fixed positions)."""
-    inputs = loss_map_inputs(model, parts, release_spec, seed, device, loss_floor)
-    return score_attack(model, query, inputs, device, batch_size)

@@ -19,8 +19,8 @@ import torch
 from ..data.prepared import load_prepared
 from ..data.split import mia_indices, read_split, reference_universe
 from ..io import atomic_path, open_memmap, read_csv, read_npy, write_csv
-from ..models.job import load_model
 from ..models.losses import cross_entropy_map, per_image_dice_loss, probabilities
+from ..models.registry import load_model
 from ..runtime import autocast
 
 log = logging.getLogger("segmia")

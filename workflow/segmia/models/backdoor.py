@@ -17,8 +17,8 @@ import torch
 from ..data.prepared import load_prepared
 from ..data.split import read_split, role_indices
 from ..io import read_json, write_json
-from .job import load_model
 from .metrics import hard_prediction
+from .registry import load_model
 from .train import Arrays
 from .variants import apply_trigger, poison_target
 

@@ -17,9 +17,9 @@ import torch
 from ..data.prepared import load_prepared
 from ..data.split import read_split, reference_training_rows, role_indices, train_indices
 from ..errors import SegmiaError
-from ..io import read_json, read_torch, write_csv, write_json, write_torch
+from ..io import read_json, write_csv, write_json, write_torch
 from ..runtime import Checkpoint, stable_seed
-from .registry import build_model
+from .registry import build_model, load_model
 from .train import Arrays, Extras, Recipe, Task, fit
 from .variants import batch_transform, epochs_for
 from .weights import LocalWeights, arch_file, require
@@ -231,19 +231,3 @@ def train_job(
         f", spent epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else "",
     )
     return metrics
-
-
-def load_model(model_dir: str | Path, in_channels: int, out_channels: int, device: torch.device):
-    """Rebuild a trained model from its directory (``spec.json`` + ``model.pt``; no pretrained
-    weight file is needed: the state dict replaces the initial weights)."""
-    model_dir = Path(model_dir)
-    spec = read_json(model_dir / "spec.json")
-    model = build_model(
-        spec["arch"],
-        in_channels,
-        out_channels,
-        private=spec.get("variant", {}).get("type") == "dp",
-        input_scale=spec["training"].get("input_scale", "unit"),
-    )
-    model.load_state_dict(read_torch(model_dir / "model.pt"))
-    return model.to(device).eval(), spec

@@ -6,10 +6,13 @@ here. ``private=True`` returns a model Opacus can train (see :func:`make_private
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..errors import SegmiaError
+from ..io import read_json, read_torch
 from .weights import HEADS, LocalWeights, WeightsError, arch_file, load_into
 
 FAMILIES = ("smp_unet", "monai_unet")
@@ -206,3 +209,19 @@ def make_private_compatible(model: nn.Module) -> nn.Module:
     if errors:
         raise SegmiaError(f"model still incompatible with Opacus after fixing: {errors[:3]}")
     return model
+
+
+def load_model(model_dir: str | Path, in_channels: int, out_channels: int, device: torch.device):
+    """Rebuild a trained model from its directory (``spec.json`` + ``model.pt``; no pretrained
+    weight file is needed: the state dict replaces the initial weights)."""
+    model_dir = Path(model_dir)
+    spec = read_json(model_dir / "spec.json")
+    model = build_model(
+        spec["arch"],
+        in_channels,
+        out_channels,
+        private=spec.get("variant", {}).get("type") == "dp",
+        input_scale=spec["training"].get("input_scale", "unit"),
+    )
+    model.load_state_dict(read_torch(model_dir / "model.pt"))
+    return model.to(device).eval(), spec

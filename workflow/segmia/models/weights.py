@@ -146,28 +146,6 @@ def inner_file(config: dict, variant: dict) -> str | None:
     return attack_file({**config["attack"], "classifier": "resnet34"})
 
 
-def needed(config: dict) -> list[str]:
-    """The weight files a validated config needs: the encoders of the architectures its models
-    use, the attack classifier's when a study runs a learned attack, and the min-max inner
-    attack's."""
-    from ..attacks.names import LEARNED
-    from ..plan import all_models, variant_spec
-
-    models = all_models(config)
-    names = {arch_file(config["architectures"][a]) for a in {m.arch for m in models}}
-    names |= {inner_file(config, variant_spec(config, m.variant)) for m in models}
-    if any(set(s["attacks"]) & set(LEARNED) for s in config["studies"].values()):
-        names.add(attack_file(config["attack"]))
-    return sorted(n for n in names if n)
-
-
-def needed_files(config: dict) -> list[str]:
-    """:func:`needed` of a config as written (validated and completed here)."""
-    from ..config import load_config
-
-    return needed(load_config(config))
-
-
 def check_config(config: dict) -> None:
     """Config checks: every pretrained encoder has a pinned file; checksums name known files."""
     for name, arch in config["architectures"].items():

@@ -27,7 +27,7 @@ import numpy as np
 from ...errors import DataError
 from ..download import DownloadError, Policy, _session, parse_checksum, request
 from ..prepared import PreparedWriter
-from . import Archive, Source, not_hidden
+from .base import Archive, Source, not_hidden
 from .imaging import read_image, resize_image, resize_mask, to_chw
 
 log = logging.getLogger("segmia")

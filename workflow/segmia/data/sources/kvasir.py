@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import DataError
 from ..prepared import PreparedWriter
-from . import Archive, Source, not_hidden
+from .base import Archive, Source, not_hidden
 from .imaging import read_image, resize_image, resize_mask, to_chw
 
 log = logging.getLogger("segmia")

@@ -41,7 +41,7 @@ import numpy as np
 
 from ...errors import DataError
 from ..prepared import PreparedWriter
-from . import Archive, Source, not_hidden
+from .base import Archive, Source, not_hidden
 from .imaging import resize_image, resize_mask
 
 log = logging.getLogger("segmia")
