@@ -221,8 +221,13 @@ def test_ablation_table_pairs_each_arm_with_the_original_by_seed():
                         "accuracy": 0.6 + 0.02 * (thr == "weighted"),
                     }
                 )
-    frame = ablation.arms_frame(pd.DataFrame(rows).assign(dataset="d"), study)
+    # as collected: with each evaluation's null control (seed 1's type-II null flagged)
+    frame = pd.DataFrame(rows).assign(dataset="d", null_auc=0.5, null_excludes_chance=False)
+    frame.loc[(frame["attack"] == "type2") & (frame["seed"] == 1), "null_excludes_chance"] = True
+    frame = ablation.arms_frame(frame, study)
     table = ablation.changes(frame, study).set_index(["arm", "attack"])
+    assert table["null_flag"].to_dict() == {k: k[1] == "type2" for k in table.index}
+    assert "0.500 ± 0.000 †" in set(ablation.formatted(table.reset_index())["null AUC"])
     assert table.loc[("attacker_input", "type2"), "d_auc_mean"] == pytest.approx(-0.1)
     assert table.loc[("attacker_input", "global_loss"), "d_auc_mean"] == pytest.approx(0.0)
     assert table.loc[("input_scale", "type2"), "d_accuracy_mean"] == pytest.approx(-0.01)
