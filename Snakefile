@@ -67,3 +67,7 @@ onstart:
 
 onsuccess:
     print_outputs()
+
+
+onerror:
+    print(failure_report(log), file=sys.stderr)

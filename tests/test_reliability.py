@@ -640,3 +640,23 @@ def test_prepare_names_a_corrupt_raw_file_in_one_paragraph(tmp_path, case):
     line = _one_error_line(proc.stderr, "prepare")
     assert Path(name).name in line, line
     assert not out.exists() or list(out.iterdir()) == []  # nothing half-prepared
+
+
+def test_failure_report_names_each_failed_jobs_log_and_its_last_lines(tmp_path):
+    from segmia.logs import failed_jobs, failure_report
+
+    job_log = tmp_path / "fit.log"
+    job_log.write_text("12:00:00 INFO epoch 1\nsegmia: the shadow query is missing; rerun query.\n")
+    main = tmp_path / "snakemake.log"
+    main.write_text(
+        "Error in rule fit_attack:\n    message: None\n    jobid: 3\n"
+        f"    log: {job_log} (check log file(s) for error details)\n    shell:\n        x\n"
+        "Error in rule split:\n    jobid: 4\n    shell:\n        y\n"
+    )
+    assert failed_jobs(main.read_text()) == [("fit_attack", [str(job_log)]), ("split", [])]
+    report = failure_report(str(main))
+    assert "segmia: 2 job(s) failed" in report
+    assert f"rule fit_attack: log {job_log}" in report
+    assert "| segmia: the shadow query is missing; rerun query." in report
+    assert "rule split: log (no log file)" in report
+    assert failure_report(None) == ""

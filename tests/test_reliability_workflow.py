@@ -320,6 +320,8 @@ def test_killed_training_and_attack_jobs_resume_to_the_same_results(reference_ru
         kill_group(run)
     out = (tmp_path / "snakemake.out").read_text()
     assert "Error in rule fit_attack" in out
+    # onerror says where the failed job's log is
+    assert "segmia: 1 job(s) failed" in out and "  rule fit_attack: log " in out, out[-3000:]
     assert not (tmp_path / ATTACK / "attack.pt").exists()
     locks = tmp_path / ".snakemake" / "locks"
     assert not locks.exists() or not list(locks.iterdir())  # released: no --unlock needed

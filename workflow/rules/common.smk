@@ -13,11 +13,15 @@ from segmia.hardware import gpu_visible
 from segmia.models import weights as pretrained
 from segmia.protocol import SWITCHES
 from segmia.errors import ConfigError
+from segmia.logs import failure_report
 
 try:
     CFG = load_config(config)
 except ConfigError as err:
     sys.exit(f"segmia: {err}")
+# the completed configuration (schema defaults filled in, overlays resolved) is the one the
+# report's templates and its configuration page see
+config.update(CFG)
 
 ROOT = CFG["results"]
 RES = CFG["resources"]
