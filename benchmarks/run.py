@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "workflow"))  # run from a checkout without instal
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from segmia.cost import PAPER_SHAPES, arch_key  # noqa: E402
+from segmia.cost import FIELDS, PAPER_SHAPES, arch_key  # noqa: E402
 from segmia.data.prepared import output_channels  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -64,35 +64,6 @@ SHAPES = {name: (c, h, w, output_channels(k)) for name, (c, h, w, k) in PAPER_SH
 #: the demo's own shapes, for the MONAI U-Nets
 DEMO_SHAPES = {"synthetic_ct": (1, 64, 64, 1), "synthetic_scenes": (3, 48, 96, 5)}
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
-FIELDS = (
-    "group",
-    "arch",
-    "arch_key",
-    "dataset",
-    "in_channels",
-    "height",
-    "width",
-    "out_channels",
-    "batch_size",
-    "setting",
-    "pipeline",
-    "images_per_s",
-    "images_per_s_min",
-    "images_per_s_max",
-    "gflops_per_image",
-    "repeats",
-    "images_per_repeat",
-    "peak_rss_mb",
-    "peak_gpu_mb",
-    "startup_s",
-    "note",
-    "device",
-    "device_name",
-    "threads",
-    "torch",
-    "date",
-    "mode",
-)
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -9,7 +9,14 @@ import pytest
 from conftest import REPO, run_segmia, run_snakemake, write_config
 from segmia import plan
 from segmia.config import load_config_file
-from segmia.cost import arch_key, count_trainings, dataset_shape, estimate, read_throughput
+from segmia.cost import (
+    FIELDS,
+    arch_key,
+    count_trainings,
+    dataset_shape,
+    estimate,
+    read_throughput,
+)
 from segmia.errors import SegmiaError
 
 
@@ -53,27 +60,8 @@ def test_paper_config_counts():
 
 
 def _csv(path, rows):
-    fields = [
-        "group",
-        "arch",
-        "arch_key",
-        "in_channels",
-        "height",
-        "width",
-        "out_channels",
-        "batch_size",
-        "setting",
-        "pipeline",
-        "images_per_s",
-        "startup_s",
-        "device",
-        "device_name",
-        "threads",
-        "torch",
-        "date",
-    ]
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fields)
+        writer = csv.DictWriter(fh, FIELDS, extrasaction="raise")
         writer.writeheader()
         for row in rows:
             writer.writerow(

@@ -188,6 +188,38 @@ def trainings_report(config: dict, configfile: str = "") -> str:
 # --- device-hours ------------------------------------------------------------------------------
 
 
+#: the columns of the throughput CSV that ``benchmarks/run.py`` writes and this module reads
+FIELDS = (
+    "group",
+    "arch",
+    "arch_key",
+    "dataset",
+    "in_channels",
+    "height",
+    "width",
+    "out_channels",
+    "batch_size",
+    "setting",
+    "pipeline",
+    "images_per_s",
+    "images_per_s_min",
+    "images_per_s_max",
+    "gflops_per_image",
+    "repeats",
+    "images_per_repeat",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "startup_s",
+    "note",
+    "device",
+    "device_name",
+    "threads",
+    "torch",
+    "date",
+    "mode",
+)
+
+
 def read_throughput(path: str | Path) -> list[dict]:
     path = Path(path)
     try:
