@@ -171,6 +171,33 @@ class Checkpoint:
     def save(self, state: dict) -> None:
         write_torch(self.path, {**state, "key": self.key})
 
+    def resume(self, model, optimizer, scaler) -> tuple[dict, list[dict], int]:
+        """Restore model, optimizer, loss scaler and random state from the last finished epoch:
+        (the saved state, the epoch rows so far, the next epoch); ({}, [], 0) without one."""
+        state = self.load()
+        if state is None:
+            return {}, [], 0
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        return state, list(state["rows"]), int(state["epoch"]) + 1
+
+    def save_epoch(self, epoch: int, rows: list[dict], model, optimizer, scaler, **extra) -> None:
+        """Keep a finished epoch: the states ``resume`` restores, plus the trainer's ``extra``."""
+        self.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "rows": rows,
+                "epoch": epoch,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                **extra,
+            }
+        )
+
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -28,8 +28,6 @@ from ..runtime import (
     EpochProgress,
     autocast,
     grad_scaler,
-    rng_state,
-    set_rng_state,
 )
 from .features import attack_features
 from .outputs import QuerySet
@@ -162,19 +160,8 @@ def train_attack(
     scaler = grad_scaler(device)  # fp16 autocast (GPUs without bf16) needs loss scaling
 
     checkpoint = Checkpoint(out_dir, spec)
-    rows, snapshots, first = [], [], 0
-    state = checkpoint.load()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        rows, snapshots, first = (
-            list(state["rows"]),
-            list(state["snapshots"]),
-            int(state["epoch"]) + 1,
-        )
+    state, rows, first = checkpoint.resume(model, optimizer, scaler)
+    snapshots = list(state.get("snapshots", []))
 
     progress = EpochProgress(what, epochs, first)
     gen = torch.Generator()
@@ -215,17 +202,7 @@ def train_attack(
                     for k, v in model.state_dict().items()
                 }
             )
-        checkpoint.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-                "rows": rows,
-                "snapshots": snapshots,
-                "epoch": epoch,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            }
-        )
+        checkpoint.save_epoch(epoch, rows, model, optimizer, scaler, snapshots=snapshots)
         progress.update(epoch, loss=rows[-1]["train_loss"], accuracy=rows[-1]["train_accuracy"])
     progress.close()
     return model, snapshots, rows

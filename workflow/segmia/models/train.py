@@ -25,8 +25,6 @@ from ..runtime import (
     amp_dtype,
     autocast,
     grad_scaler,
-    rng_state,
-    set_rng_state,
 )
 from .losses import dice_loss, per_image_loss
 from .metrics import SegmentationScores
@@ -196,23 +194,14 @@ def fit(
     )
 
     checkpoint = Checkpoint(out_dir, spec)
-    rows: list[dict] = []
-    first = 0
-    state = checkpoint.load()
-    if state is not None:
-        trained.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        for key, obj in (
-            ("transform", extras.transform),
-            ("regulariser", extras.regulariser),
-            ("accountant", engine and engine.accountant),
-        ):
-            if state.get(key) is not None:
-                obj.load_state_dict(state[key])
-        rows, first = list(state["rows"]), int(state["epoch"]) + 1
+    state, rows, first = checkpoint.resume(trained, optimizer, scaler)
+    for key, obj in (
+        ("transform", extras.transform),
+        ("regulariser", extras.regulariser),
+        ("accountant", engine and engine.accountant),
+    ):
+        if state.get(key) is not None:
+            obj.load_state_dict(state[key])
 
     progress = EpochProgress(name, recipe.epochs, first)
     gen = torch.Generator()
@@ -277,18 +266,15 @@ def fit(
         if engine is not None:
             row["epsilon"] = engine.get_epsilon(extras.private["delta"])
         rows.append(row)
-        checkpoint.save(
-            {
-                "model": trained.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-                "rows": rows,
-                "epoch": epoch,
-                "transform": _state(extras.transform),
-                "regulariser": _state(extras.regulariser),
-                "accountant": engine.accountant.state_dict() if engine is not None else None,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            }
+        checkpoint.save_epoch(
+            epoch,
+            rows,
+            trained,
+            optimizer,
+            scaler,
+            transform=_state(extras.transform),
+            regulariser=_state(extras.regulariser),
+            accountant=engine.accountant.state_dict() if engine is not None else None,
         )
         progress.update(
             epoch,
