@@ -195,6 +195,23 @@ def test_a_dp_reference_model_trains_with_the_victims_recipe_on_whole_groups(tmp
     assert candidates.index[taken].isin(members["row"]).all()  # whole patients
 
 
+def test_the_models_summary_counts_reference_models_per_study_and_variant(tmp_path):
+    from segmia.io import write_json
+    from segmia.report.summary import collect_models
+
+    config = _comparison(tmp_path, defences=["none", "dp"])
+    found = plan.model_studies(config)
+    paths = []
+    for i, model in enumerate(found):
+        metrics = {**model.__dict__, "train_size": model.size, "variant": model.variant}
+        metrics.update(val_dice=0.5, val_iou=0.4, train_loss=0.1, val_loss=0.2, train_seconds=1.0)
+        paths.append(tmp_path / f"m{i}.json")
+        write_json(paths[-1], metrics)
+    table = collect_models(paths, [",".join(v) for v in found.values()])
+    refs = table[table["role"].str.startswith("ref") & (table["studies"] == "cmp")]
+    assert refs.groupby("variant").size().to_dict() == {"dp": K, "none": K}
+
+
 @pytest.mark.slow
 def test_the_workflow_plans_dp_reference_models_for_a_dp_victim(tmp_path):
     config = _comparison(tmp_path)

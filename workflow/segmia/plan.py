@@ -297,8 +297,8 @@ def _evaluations(config: dict, study: dict, proto: dict) -> list[Evaluation]:
             shadow = model("shadow", sarch, "none", size, seed)
             for attack in study["attacks"]:
                 if attack in REFERENCE_ATTACKS:  # "shadow" = the set of K reference models
-                    refs = reference_set(study["reference_models"], reference_variant(study, victim))
-                    refs = Model(dataset, "reference", sarch, refs, size, seed)
+                    k, variant = study["reference_models"], reference_variant(study, victim)
+                    refs = Model(dataset, "reference", sarch, reference_set(k, variant), size, seed)
                     evaluations.append(Evaluation(dataset, attack, release, victim, refs))
                 else:
                     evaluations.append(evaluation(attack, release, victim, shadow))
