@@ -41,12 +41,13 @@ def test_demo_trainings_match_the_dag_and_the_original_cells(demo):
     study = demo["studies"]["attack_comparison_ct"]
     k, n_ref = study["reference_models"], sum(a in plan.REFERENCE_ATTACKS for a in study["attacks"])
     c = rows["attack_comparison_ct"]
-    assert c.models == len(study["defences"]) + 1 + k  # victims, the shadow, K references
+    # victims, the shadow, K references per victim (none, dp: each trains its own, as its victim)
+    assert c.models == len(study["defences"]) + 1 + k * len(study["defences"])
     assert c.original == 2 * c.cells + (k - 1) * n_ref * len(study["defences"])
     total = sum(r.new_models for r in rows.values())
     # + the protocol ablation: byte-input victim and shadow per seed (2), seed 1's unit pair
     assert total == len(plan.all_models(demo)) == 39  # what `snakemake -n` schedules
-    assert sum(r.original for r in rows.values()) == 367
+    assert sum(r.original for r in rows.values()) == 311  # attack_comparison_ct: K = 4
 
 
 def test_paper_config_counts():
@@ -186,7 +187,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
     _csv(tmp_path / "t.csv", _rates(demo))
     out = _estimate_demo(tmp_path / "t.csv", "--speedup", "50")
     assert "THESE ARE CPU NUMBERS" in out and "GPU-h (extrapolated)" in out
-    assert "segmentation trainings: 39" in out and "367" in out
+    assert "segmentation trainings: 39" in out and "311" in out
     # synthetic_scenes rows are missing: scaled from the 64x64 rows by pixel count
     assert "scaled by pixel count" in out
     rows = [r for r in _rates(demo) if r["group"] != "dp_train"]
@@ -197,7 +198,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
 
 def test_trainings_cli():
     out = run_segmia("trainings", "--configfile", str(REPO / "config" / "demo.yaml")).stdout
-    assert "39 trainings instead of 367" in out
+    assert "39 trainings instead of 311" in out
 
 
 def test_the_dag_trains_each_model_once(tmp_path, demo):

@@ -139,10 +139,12 @@ def test_reference_universe_and_reference_training_sets():
     assert population and not population & set(
         universe.loc[universe["part"] != "population", "row"]
     )
-    halves = [reference_training_rows(split, 20, sizes, seed=0, index=k) for k in range(16)]
+    # per sample (the draw of split.groups pools/ordered/none): exactly N each; the group-level
+    # draw of split.groups whole is tested in test_reference_models.py
+    halves = [reference_training_rows(split, 20, sizes, 0, k, "sample") for k in range(16)]
     assert all(len(h) == 20 for h in halves)
     assert all(not set(h) & population for h in halves)
-    assert list(halves[3]) == list(reference_training_rows(split, 20, sizes, seed=0, index=3))
+    assert list(halves[3]) == list(reference_training_rows(split, 20, sizes, 0, 3, "sample"))
     counts = np.array([sum(r in set(h) for h in halves) for r in targets["row"]])
     assert counts.min() >= 2 and counts.max() <= 14 and abs(counts.mean() - 8) < 2
 

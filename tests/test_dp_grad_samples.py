@@ -200,3 +200,7 @@ def test_an_empty_poisson_batch_is_a_noise_only_step(mode):
     loss_fn(gsm(torch.rand(3, 1, 16, 16)), torch.zeros(3, 16, 16, dtype=torch.long)).backward()
     optimizer.step()  # the next (non-empty) step works
     assert engine.accountant.history[-1][-1] == 2
+    # and an empty batch right after a step (the training loop clears gradients only before a
+    # non-empty batch): Opacus refused to noise the previous step's sums again
+    step_on_empty_batch(optimizer)
+    assert engine.accountant.history[-1][-1] == 3

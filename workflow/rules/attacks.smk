@@ -115,6 +115,8 @@ rule reference_attacks:
         f"{ROOT}/logs/reference_attacks/{reference_evaluation('all')}.log",
     benchmark:
         f"{ROOT}/benchmarks/reference_attacks/{reference_evaluation('all')}.tsv"
+    wildcard_constraints:
+        refset=plan.REFERENCE_SET,
     conda:
         ENV
     params:

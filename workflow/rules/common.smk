@@ -6,7 +6,7 @@ from pathlib import Path
 
 from segmia import plan
 from segmia.attacks import names
-from segmia.config import PUBLIC_SOURCES, load_config
+from segmia.config import PUBLIC_SOURCES, REFERENCE_SETTINGS, load_config
 from segmia.data.names import QUERY_POOLS
 from segmia.models.poisoning import TARGETS, TRIGGERS
 from segmia.hardware import gpu_visible
@@ -35,6 +35,8 @@ RUNTIME = "--device {device} {det}".format(
     det="--deterministic" if CFG["deterministic"] else "--no-deterministic",
 )
 EVALUATIONS = plan.all_evaluations(CFG)
+# every segmentation model with the studies that use it (summary/models.csv)
+MODEL_STUDIES = plan.model_studies(CFG)
 # the global-loss evaluation under the original protocol's threshold: global_loss.<token>
 THRESHOLD_TOKEN = SWITCHES["threshold"].token
 
@@ -204,15 +206,14 @@ def victim_of(w):
 
 
 def reference_evaluation(attack):
-    """Evaluation path pattern of a reference attack: the "shadow" is K reference models."""
-    return plan.EVALUATION.replace("{attack}", attack).replace("{svariant}", "refs{k}")
+    """Evaluation path pattern of a reference attack: the "shadow" is a reference set, K
+    reference models of a training variant (plan.reference_set)."""
+    return plan.EVALUATION.replace("{attack}", attack).replace("{svariant}", "{refset}")
 
 
 def reference_models(w):
-    victim = victim_of(w)
     return plan.references(
-        plan.Model(w.dataset, "reference", w.sarch, "none", int(w.size), int(w.seed)),
-        int(w.k),
+        plan.Model(w.dataset, "reference", w.sarch, w.refset, int(w.size), int(w.seed))
     )
 
 
@@ -241,10 +242,8 @@ def reference_spec(w):
             "seed": int(w.seed),
             "train_size": int(w.size),
             "victim": {"arch": w.varch, "variant": w.vvariant},
-            "shadow": {"arch": w.sarch, "variant": f"refs{w.k}"},
-            "statistic": study["statistic"],
-            "rmia_a": study["rmia_a"],
-            "rmia_gamma": study["rmia_gamma"],
+            "shadow": {"arch": w.sarch, "variant": w.refset},
+            **{key: study[key] for key in REFERENCE_SETTINGS},
         }
     )
 

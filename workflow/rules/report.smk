@@ -90,7 +90,7 @@ rule summary_attacks:
 
 rule summary_models:
     input:
-        [f"{ROOT}/{m.path()}/metrics.json" for m in plan.all_models(CFG)],
+        [f"{ROOT}/{m.path()}/metrics.json" for m in MODEL_STUDIES],
     output:
         report(
             f"{ROOT}/summary/models.csv",
@@ -103,8 +103,11 @@ rule summary_models:
         f"{ROOT}/benchmarks/summary/models.tsv"
     conda:
         ENV
+    params:
+        # per input, the studies that use the model (comma-separated)
+        studies=[",".join(studies) for studies in MODEL_STUDIES.values()],
     shell:
-        "python -m segmia collect-models --out {output} {input} 2> {log}"
+        "python -m segmia collect-models --out {output} --studies {params.studies} {input} 2> {log}"
 
 
 rule reproduction:

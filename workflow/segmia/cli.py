@@ -253,7 +253,7 @@ def cmd_collect_models(args) -> None:
     from .io import write_csv
     from .report.summary import collect_models
 
-    write_csv(args.out, collect_models(args.inputs))
+    write_csv(args.out, collect_models(args.inputs, args.studies))
 
 
 def cmd_collect_study(args) -> None:
@@ -529,6 +529,11 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("collect-models", help="models' metrics.json files -> summary/models.csv")
     s.add_argument("--out", required=True, type=Path)
+    s.add_argument(
+        "--studies",
+        nargs="+",
+        help="per input, in order: the studies that use the model (comma-separated)",
+    )
     s.add_argument("inputs", nargs="+")
     s.set_defaults(func=cmd_collect_models)
 

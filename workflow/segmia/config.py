@@ -142,6 +142,9 @@ def _describe(error) -> str:
             f"name {error.instance!r} under '{key}' is not allowed: names start with a letter and "
             "use only letters, digits, '_' and '.'"
         )
+    if kind == "oneOf" and error.schema.get("description"):  # e.g. a number or a keyword
+        hint = " ".join(error.schema["description"].split()).rstrip(".")
+        return f"'{key}' is {error.instance!r}, which is not allowed: {hint}"
     if kind in ("minItems", "minProperties"):
         return f"'{key}' must not be empty"
     if kind == "uniqueItems":
@@ -249,12 +252,12 @@ def _check_references(config: dict, raw: dict) -> None:
     comparisons: dict[str, tuple] = {}
     for name, study in config["studies"].items():
         if study["type"] == "attack_comparison":
-            settings = (study["statistic"], study["rmia_a"], study["rmia_gamma"])
+            settings = tuple(study[k] for k in REFERENCE_SETTINGS)
             other = comparisons.setdefault(study["dataset"], (name, settings))
             if other[1] != settings:
                 _fail(
                     f"'studies.{name}' and 'studies.{other[0]}' compare attacks on dataset "
-                    f"{study['dataset']!r} with different statistic/rmia_a/rmia_gamma; the "
+                    f"{study['dataset']!r} with different {'/'.join(REFERENCE_SETTINGS)}; the "
                     "reference attacks of a dataset share one setting. Make them agree."
                 )
     for name, ds in datasets.items():
@@ -307,6 +310,9 @@ def _check_references(config: dict, raw: dict) -> None:
                 )
 
 
+#: attack_comparison keys the reference attacks of one dataset share (their evaluation paths
+#: carry the victim, the reference set and the release, not these)
+REFERENCE_SETTINGS = ("statistic", "rmia_a", "rmia_gamma", "rmia_population")
 #: the keys each study type uses (besides type, dataset, attacks, train_size, seeds, caption)
 STUDY_KEYS = {
     "architectures": {"architectures"},
@@ -318,9 +324,11 @@ STUDY_KEYS = {
         "architecture",
         "defences",
         "reference_models",
+        "reference_variant",
         "statistic",
         "rmia_a",
         "rmia_gamma",
+        "rmia_population",
     },
     "protocol_ablation": {"architecture", "switches", "corrected_data"},
 }
@@ -411,6 +419,8 @@ def _check_study(config: dict, name: str, study: dict) -> None:
             "run them in a study of type attack_comparison (key reference_models)."
         )
     _check_protocol(config, where, study)
+    if needs_references:
+        _check_reference_models(config, where, study)
     if study["type"] == "poisoning":
         ds = datasets[study["dataset"]]
         size = ds.get("prepare") or ds.get("synthetic") or {}
@@ -443,6 +453,38 @@ def _check_study(config: dict, name: str, study: dict) -> None:
                 f"({split['victim_pool']}) leaves none after validation, MIA and N = {held + n} "
                 "samples. Enlarge the pool or drop the defence."
             )
+
+
+def _check_reference_models(config: dict, where: str, study: dict) -> None:
+    """What the reference models of an attack_comparison study can train as, and RMIA's
+    population size against the attacker pool's validation and held-out samples."""
+    if study["reference_variant"] == "victim":
+        for name in study["defences"]:
+            defence = config["defences"].get(name, {})
+            why = {
+                "distillation": "a distilled model learns from a teacher's labels on a reference "
+                "set of its own pool, and reference models have no pool of their own",
+                "minmax": "its inner attack trains on the model's MIA set (inner_data: "
+                "mia_set), and a reference model has none",
+            }
+            kind = defence.get("type")
+            if kind == "distillation" or (kind == "minmax" and defence["inner_data"] == "mia_set"):
+                _fail(
+                    f"'{where}' trains its reference models like the victim (reference_variant: "
+                    f"victim), but defence {name!r} cannot train a reference model: {why[kind]}. "
+                    "Set reference_variant: none (undefended references) or drop the defence "
+                    "from the study."
+                )
+    split = config["datasets"][study["dataset"]]["split"]
+    held_out = 0 if split["nonmembers"] == "validation" else split["mia_size"]
+    population = split["val_size"] + held_out
+    if study["rmia_population"] != "all" and study["rmia_population"] > population:
+        _fail(
+            f"'{where}.rmia_population' is {study['rmia_population']}, but RMIA's population is "
+            f"drawn from the attacker pool's validation and held-out samples, {population} on "
+            f"dataset {study['dataset']!r} (split.val_size + split.mia_size, or val_size alone "
+            "with nonmembers: validation). Lower it or use all."
+        )
 
 
 def _check_protocol(config: dict, where: str, study: dict) -> None:

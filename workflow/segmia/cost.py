@@ -120,7 +120,7 @@ def evaluation_models(config: dict, ev: plan.Evaluation) -> list[plan.Model]:
     if plan.variant_spec(config, ev.victim.variant)["type"] == "distillation":
         models.append(plan.teacher(ev.victim))
     if ev.shadow.role == "reference":
-        models += plan.references(ev.shadow, plan.reference_count(ev.shadow))
+        models += plan.references(ev.shadow)
     else:
         models.append(ev.shadow)
     return models

@@ -8,12 +8,13 @@ trained once, however many studies, attacks, tables and figures use it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from . import protocol
 from .attacks import names
 from .config import RELEASE_DEFENCES, study_seeds
-from .data.names import REFERENCE_POOL
+from .data.names import REFERENCE_POOL, reference_unit
 
 SPLIT = "{dataset}/splits/s{seed}.csv"
 MODEL = "{dataset}/models/{role}/{arch}/{variant}/n{size}_s{seed}"
@@ -27,6 +28,9 @@ FIGURE = "figures/{study}/{figure}"
 PREPARED = "prepared/{dataset}"
 BACKDOOR = MODEL + "/backdoor/{trigger}_k{tsize}_v{tvalue}_{target}.json"
 
+#: a reference set (the "shadow variant" of a LiRA/RMIA evaluation): ``refs<K>`` for K undefended
+#: reference models, ``refs<K>.<variant>`` for K trained with the training variant ``<variant>``
+REFERENCE_SET = r"refs\d+(?:\.[A-Za-z][A-Za-z0-9_.]*)?"
 LEARNED_ATTACKS = names.LEARNED
 REFERENCE_ATTACKS = names.REFERENCE
 #: the figures every study of a type renders
@@ -205,12 +209,35 @@ def _defence_pair(config: dict, arch: str, defence: str) -> tuple[str, str, str,
     return arch, defence, arch, "none"
 
 
-def references(model: Model, k: int) -> list[Model]:
-    """The K reference models of an attack on ``model``'s dataset (undefended, like a shadow)."""
+def reference_set(k: int, variant: str) -> str:
+    """The name of K reference models of training variant ``variant`` (``REFERENCE_SET``)."""
+    return f"refs{k}" if variant == "none" else f"refs{k}.{variant}"
+
+
+def reference_set_parts(name: str) -> tuple[int, str]:
+    """(K, training variant) of a reference set's name: the inverse of ``reference_set``."""
+    if not re.fullmatch(REFERENCE_SET, name):
+        raise ValueError(f"{name!r} is not a reference set (refs<K> or refs<K>.<variant>)")
+    k, _, variant = name.removeprefix("refs").partition(".")
+    return int(k), variant or "none"
+
+
+def references(model: Model) -> list[Model]:
+    """The K reference models of a reference-set identity ``Model(..., role='reference',
+    variant=reference_set(K, variant))``: roles ``ref0`` .. ``ref<K-1>``, trained with
+    ``variant`` on the victim's dataset, architecture of the set, N and seed."""
+    k, variant = reference_set_parts(model.variant)
     return [
-        Model(model.dataset, f"ref{i}", model.arch, "none", model.size, model.seed)
+        Model(model.dataset, f"ref{i}", model.arch, variant, model.size, model.seed)
         for i in range(k)
     ]
+
+
+def reference_variant(study: dict, victim: Model) -> str:
+    """The training variant of the reference models of an attack on ``victim``: the victim's
+    (``reference_variant: victim``) or none (``none``: an attacker who does not know the
+    recipe)."""
+    return victim.variant if study["reference_variant"] == "victim" else "none"
 
 
 def study_evaluations(config: dict, name: str) -> list[Evaluation]:
@@ -270,9 +297,8 @@ def _evaluations(config: dict, study: dict, proto: dict) -> list[Evaluation]:
             shadow = model("shadow", sarch, "none", size, seed)
             for attack in study["attacks"]:
                 if attack in REFERENCE_ATTACKS:  # "shadow" = the set of K reference models
-                    refs = Model(
-                        dataset, "reference", sarch, f"refs{study['reference_models']}", size, seed
-                    )
+                    k, variant = study["reference_models"], reference_variant(study, victim)
+                    refs = Model(dataset, "reference", sarch, reference_set(k, variant), size, seed)
                     evaluations.append(Evaluation(dataset, attack, release, victim, refs))
                 else:
                     evaluations.append(evaluation(attack, release, victim, shadow))
@@ -287,27 +313,26 @@ def table_evaluations(config: dict, name: str, table: str | None = None) -> list
     return evaluations
 
 
-def reference_count(model: Model) -> int:
-    """K of a reference-set identity ``Model(..., role='reference', variant='refs<K>')``."""
-    return int(model.variant.removeprefix("refs"))
-
-
 def all_evaluations(config: dict) -> dict[str, list[Evaluation]]:
     return {name: study_evaluations(config, name) for name in config["studies"]}
 
 
+def model_studies(config: dict) -> dict[Model, list[str]]:
+    """Every segmentation model the config needs, each once, with the studies that use it."""
+    models: dict[Model, list[str]] = {}
+    for name, evaluations in all_evaluations(config).items():
+        for ev in evaluations:
+            needed = references(ev.shadow) if ev.shadow.role == "reference" else [ev.shadow]
+            for model in (ev.victim, *needed):
+                studies = models.setdefault(model, [])
+                if name not in studies:
+                    studies.append(name)
+    return models
+
+
 def all_models(config: dict) -> list[Model]:
     """Every segmentation model the config needs, each once."""
-    models = {}
-    for evaluations in all_evaluations(config).values():
-        for ev in evaluations:
-            models[ev.victim] = None
-            if ev.shadow.role == "reference":
-                for ref in references(ev.shadow, reference_count(ev.shadow)):
-                    models[ref] = None
-            else:
-                models[ev.shadow] = None
-    return list(models)
+    return list(model_studies(config))
 
 
 def study_victims(config: dict, name: str) -> list[Model]:
@@ -359,9 +384,10 @@ def model_spec(config: dict, model: Model) -> dict:
     training = ds["training"]
     if switches["input_scale"] != protocol.SEGMIA["input_scale"]:
         training = {**training, "input_scale": switches["input_scale"]}
-    # reference models draw from the reference universe, min-max's inner attack may train on the
-    # MIA set: both need the dataset's split sizes
+    # reference models draw from the reference universe (at its membership unit), min-max's inner
+    # attack may train on the MIA set: both need the dataset's split sizes
     needs_split = model.pool == "reference" or variant["type"] == "minmax"
+    unit = {"reference_unit": reference_unit(ds["split"])} if model.pool == "reference" else {}
     return {
         "dataset": model.dataset,
         "role": model.role,
@@ -374,6 +400,7 @@ def model_spec(config: dict, model: Model) -> dict:
         "seed": model.seed,
         "training": training,
         **({"split": ds["split"]} if needs_split else {}),
+        **unit,
     }
 
 

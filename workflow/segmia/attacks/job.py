@@ -258,6 +258,10 @@ def reference_attacks_job(
     model's answers on the reference universe) and ``members.csv`` (its training rows). The
     statistic of LiRA is ``spec['statistic']`` (default: logit-scaled mean per-pixel confidence of
     the true label), RMIA's ``spec['rmia_statistic']`` (mean per-pixel true-class probability).
+    RMIA's population is ``spec['rmia_population']`` (``all`` or m) of the universe's population
+    samples, its offline a ``spec['rmia_a']`` (a number, or ``tune``: :func:`rmia_offline_a`);
+    both RMIA evaluations record m and the score resolution 1/m, the offline one its a (and the
+    tuning grid's AUCs) in metrics.json.
     """
     from .lira import lira_offline, lira_online
     from .rmia import rmia_scores
@@ -292,7 +296,7 @@ def reference_attacks_job(
     px = query_statistic(target_query, rmia_stat, release_spec)
     pref = np.stack([query_statistic(q, rmia_stat, release_spec) for q in queries])
 
-    t, pop = is_target, is_population
+    t = is_target
     scores = {
         "lira_online": lira_online(x[t], ref[:, t], keep[:, t], fix_variance=False),
         "lira_online_fixed": lira_online(x[t], ref[:, t], keep[:, t], fix_variance=True),
@@ -305,7 +309,9 @@ def reference_attacks_job(
     scores["lira_online_loss"] = lira_online(
         loss_x[t], loss_ref[:, t], keep[:, t], fix_variance=False
     )
-    a, gamma = float(spec.get("rmia_a", 0.3)), float(spec.get("rmia_gamma", 1.0))
+    gamma = float(spec.get("rmia_gamma", 1.0))
+    pop = rmia_population(np.flatnonzero(is_population), spec.get("rmia_population", "all"), spec)
+    a, grid = rmia_offline_a(spec.get("rmia_a", "tune"), pref, keep, ~is_population, pop, gamma)
     for mode in ("online", "offline"):
         scores[f"rmia_{mode}"] = rmia_scores(
             px[t],
@@ -318,6 +324,12 @@ def reference_attacks_job(
             gamma=gamma,
             population_keep=keep[:, pop],
         )
+    # RMIA's scores are multiples of 1/m (m population samples): ties below that resolution
+    rmia = {"rmia_population": len(pop), "score_resolution": 1.0 / len(pop)}
+    extras = {
+        "rmia_online": rmia,
+        "rmia_offline": {**rmia, "rmia_a": a, "rmia_a_grid": grid},
+    }
     labels = universe.loc[t, "member"].to_numpy()
     ids = universe.loc[t, "sample_id"].astype(str).tolist()
     groups = target_query.groups[t]
@@ -335,8 +347,62 @@ def reference_attacks_job(
             predictions,
             threshold_metrics(labels, predictions),
             groups=groups,
+            extra=extras.get(name),
         )
     return results
+
+
+def rmia_population(population: np.ndarray, size: int | str, spec: dict) -> np.ndarray:
+    """Positions of RMIA's population samples: ``all`` of ``population``, or the first ``size``
+    of them in an order seeded by the evaluation's seed (a smaller m is a subset of a larger)."""
+    if size == "all":
+        return population
+    if not 1 <= int(size) <= len(population):
+        from ..errors import DataError
+
+        raise DataError(
+            f"rmia_population is {size}, but the reference universe holds {len(population)} "
+            "population samples (the attacker pool's validation and held-out samples). Lower "
+            "rmia_population or use all."
+        )
+    rng = np.random.default_rng(stable_seed("rmia_population", spec["seed"]))
+    return np.sort(rng.permutation(population)[: int(size)])
+
+
+def rmia_offline_a(
+    a: float | str,
+    reference: np.ndarray,
+    keep: np.ndarray,
+    candidates: np.ndarray,
+    population: np.ndarray,
+    gamma: float,
+) -> tuple[float, dict[str, float] | None]:
+    """(offline a, {a: mean AUC} of the grid, or None for a given ``a``). ``tune``: every
+    reference model in turn is attacked by the others on the candidates (targets and filler, whose
+    membership in it is known) with offline RMIA, and the a of the best mean AUC is taken (RMIA
+    paper, App. B); the victim's membership is never used."""
+    from .rmia import tune_offline_a
+
+    if a != "tune":
+        log.info("RMIA offline a = %g (given)", float(a))
+        return float(a), None
+    best, aucs = tune_offline_a(
+        reference[:, candidates],
+        keep[:, candidates],
+        reference[:, population],
+        gamma=gamma,
+        pseudo_targets=range(len(reference)),
+        population_keep=keep[:, population],
+    )
+    log.info(
+        "RMIA offline a = %g, tuned with each of %d reference models as the target (mean AUC "
+        "%.3f; grid %s)",
+        best,
+        len(reference),
+        aucs[best],
+        ", ".join(f"{v:g}: {auc:.3f}" for v, auc in aucs.items()),
+    )
+    return best, {f"{v:g}": auc for v, auc in aucs.items()}
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -351,9 +417,11 @@ def write_evaluation(
     predictions: np.ndarray,
     protocol: dict,
     groups: np.ndarray | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """metrics.json and scores.csv of an evaluation; ``groups``: each sample's membership unit
-    (patient, city), which the bootstrap intervals resample (None: the samples themselves)."""
+    (patient, city), which the bootstrap intervals resample (None: the samples themselves);
+    ``extra``: attack-specific entries of metrics.json (RMIA's a and population size)."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     cis = bootstrap_cis(
@@ -383,6 +451,7 @@ def write_evaluation(
         "n_members": int(labels.sum()),
         "n_nonmembers": int((1 - labels).sum()),
         **{**SEGMIA, **spec.get("protocol", {})},  # the protocol switches it ran under
+        **(extra or {}),
     }
     write_csv(
         out_dir / "scores.csv",

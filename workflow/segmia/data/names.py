@@ -9,3 +9,12 @@ REFERENCE_POOL = "reference"
 QUERY_POOLS = (*POOLS, REFERENCE_POOL)
 #: values of ``split.groups``, the membership unit (the schema's enum is this tuple)
 GROUPINGS = ("whole", "pools", "ordered", "none")
+#: what a reference model draws IN or OUT whole (``reference_unit``)
+REFERENCE_UNITS = ("group", "sample")
+
+
+def reference_unit(sizes: dict) -> str:
+    """What a reference model draws IN or OUT whole: ``group`` where the victim's membership is
+    per group (``split.groups: whole``: every role holds whole groups), else ``sample`` (``pools``
+    and ``none`` draw or lay out the roles per sample, ``ordered`` cuts them at sample counts)."""
+    return "group" if sizes.get("groups", "whole") == "whole" else "sample"

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .names import GROUPINGS, POOLS
+from .names import GROUPINGS, POOLS, REFERENCE_UNITS
 
 ROLES = ("val", "nonmember", "train")
 COLUMNS = ["sample_id", "group", "pool", "role", "order"]
@@ -387,17 +387,40 @@ def reference_universe(split: pd.DataFrame, size: int, sizes: dict) -> pd.DataFr
 
 
 def reference_training_rows(
-    split: pd.DataFrame, size: int, sizes: dict, seed: int, index: int
+    split: pd.DataFrame, size: int, sizes: dict, seed: int, index: int, unit: str
 ) -> np.ndarray:
-    """Training rows of reference model ``index``: a random half of the targets and filler.
+    """Training rows of reference model ``index``: about half of the targets and filler, drawn at
+    the membership ``unit`` (``group``: the split's groups, ``sample``: each row on its own).
 
-    Drawn from a generator seeded by (seed, index) alone, so model k is the same whatever the
-    number of reference models a study asks for; each candidate is a member of about half of
-    them (the membership of every model is written to its ``members.csv``).
+    The units, in an order seeded by (seed, index) alone (so model k is the same whatever the
+    number of reference models a study asks for, and whatever its training variant), are taken
+    whole while the rows taken stay below half the candidates (N: the universe holds 2N); the
+    unit that crosses N is taken when that ends closer to N than leaving it out. A model thus
+    trains on N rows, give or take half a group, and each unit is IN for about half of the
+    models; with one row per unit this is exactly a random half. The membership of every model
+    is written to its ``members.csv``.
     """
     from ..runtime import stable_seed
 
+    if unit not in REFERENCE_UNITS:
+        raise DataError(
+            f"reference models draw their training sets per {' or per '.join(REFERENCE_UNITS)}, "
+            f"not per {unit!r}."
+        )
     universe = reference_universe(split, size, sizes)
     pool = universe.loc[universe["part"] != "population", "row"].to_numpy()
+    keys = split.loc[pool, "group"].astype(str).to_numpy() if unit == "group" else pool
+    # the units in order of first appearance: with one row per unit, the permutation below is
+    # the per-row draw of earlier versions (the same rows for the same seed and index)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))[inverse]  # each row's unit, numbered by appearance
+    units = np.split(np.argsort(rank, kind="stable"), np.cumsum(np.bincount(rank))[:-1])
     rng = np.random.default_rng(stable_seed("reference", seed, index))
-    return np.sort(rng.permutation(pool)[: len(pool) // 2])
+    half, taken, count = len(pool) // 2, [], 0
+    for u in rng.permutation(len(units)):
+        # below N: take the unit if that ends at least as close to N as leaving it out
+        if count >= half or count + len(units[u]) - half > half - count:
+            break
+        taken.append(units[u])
+        count += len(units[u])
+    return np.sort(pool[np.concatenate(taken)]) if taken else np.array([], dtype=np.int64)

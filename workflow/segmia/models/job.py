@@ -41,11 +41,12 @@ def model_seed(spec: dict) -> int:
 
 def training_rows(split, spec: dict):
     """Rows of the model's training set: the first N training candidates of its pool, or for a
-    reference model (role ``ref<k>``) its random half of the reference universe."""
+    reference model (role ``ref<k>``) its random half of the reference universe, drawn at the
+    membership unit the planner put in the spec (``reference_unit``)."""
     if spec["pool"] == "reference":
         index = int(spec["role"].removeprefix("ref"))
         return reference_training_rows(
-            split, spec["train_size"], spec["split"], spec["seed"], index
+            split, spec["train_size"], spec["split"], spec["seed"], index, spec["reference_unit"]
         )
     return train_indices(split, spec["pool"], spec["train_size"])
 

@@ -81,6 +81,8 @@ def step_on_empty_batch(optimizer) -> None:
     from opacus.optimizers import DPOptimizerFastGradientClipping
 
     ghost = isinstance(optimizer, DPOptimizerFastGradientClipping)
+    # the last step's clipped sums are still marked processed: Opacus refuses to noise them again
+    optimizer.zero_grad(set_to_none=True)
     for p in optimizer.params:
         if ghost:
             p.grad = torch.zeros_like(p)

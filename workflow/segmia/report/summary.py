@@ -53,8 +53,13 @@ NULL_COLUMNS = {
 }
 
 
-def collect_models(paths: list[str | Path]) -> pd.DataFrame:
+def collect_models(paths: list[str | Path], studies: list[str] | None = None) -> pd.DataFrame:
+    """One row per model's metrics.json; ``studies``: per path, the studies that use the model
+    (comma-separated), the ``studies`` column (a reference model's role is ``ref<k>``, its training
+    variant ``variant``: the rows of one study, role and variant count its reference models)."""
     rows = [read_json(p) for p in paths]
+    if studies is not None:
+        rows = [{**row, "studies": names} for row, names in zip(rows, studies, strict=True)]
     frame = pd.DataFrame(rows)
     extra = [c for c in frame.columns if c not in MODEL_COLUMNS]
     return frame[MODEL_COLUMNS + extra].sort_values(
