@@ -56,6 +56,7 @@ localrules:
 
 
 rule all:
+    """Every table, figure and summary of the configured studies."""
     default_target: True
     input:
         all_targets(),

@@ -4,6 +4,7 @@ SYNTHETIC = [
 
 
 rule synthesize:
+    """Generate an embedded synthetic dataset (demo and tests) in the prepared format."""
     output:
         **prepared("{dataset}"),
     log:
@@ -24,6 +25,7 @@ rule synthesize:
 
 
 rule split:
+    """Assign every sample of a dataset to a pool and role for one seed (membership unit kept whole)."""
     input:
         **prepared("{dataset}"),
     output:

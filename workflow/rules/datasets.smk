@@ -9,6 +9,7 @@ localrules:
 
 
 rule download:
+    """Fetch a public dataset's archives and verify their checksums."""
     output:
         directory(extracted("{source}")),
     log:
@@ -29,6 +30,7 @@ rule download:
 
 
 rule prepare:
+    """Convert a downloaded dataset into the uniform prepared format (images, masks, index)."""
     input:
         raw=lambda w: extracted(PUBLIC[w.dataset]["source"]),
     output:

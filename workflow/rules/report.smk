@@ -1,4 +1,5 @@
 rule table:
+    """Render one study table (CSV, Markdown, LaTeX) from its evaluations' metrics."""
     input:
         unpack(lambda w: study_inputs(w, table=w.table)),
     output:
@@ -26,6 +27,7 @@ rule table:
 
 
 rule figure:
+    """Draw one study figure (PNG) from its evaluations' scores and metrics."""
     input:
         unpack(study_inputs),
     output:
@@ -55,6 +57,7 @@ rule figure:
 
 
 rule study_summary:
+    """Collect one study's evaluations into its summary CSV."""
     input:
         lambda w: study_evaluation_files(w),
     output:
@@ -70,6 +73,7 @@ rule study_summary:
 
 
 rule summary_attacks:
+    """Concatenate the studies' summaries into summary/attacks.csv."""
     input:
         expand(f"{ROOT}/summary/studies/{{study}}.csv", study=list(CFG["studies"])),
     output:
@@ -89,6 +93,7 @@ rule summary_attacks:
 
 
 rule summary_models:
+    """Collect every trained model's metrics into summary/models.csv."""
     input:
         [f"{ROOT}/{m.path()}/metrics.json" for m in MODEL_STUDIES],
     output:
@@ -111,6 +116,7 @@ rule summary_models:
 
 
 rule reproduction:
+    """Write REPRODUCTION.md: every table beside the author's logs, with figure links."""
     input:
         tables=[
             f"{ROOT}/{t}.md" for n in CFG["studies"] for t in plan.study_tables(CFG, n)

@@ -10,6 +10,7 @@ localrules:
 
 
 rule fetch_weights:
+    """Fetch a pretrained weight file (ImageNet encoders, attack classifiers) and verify it."""
     output:
         weights_file("{weights}"),
     log:
