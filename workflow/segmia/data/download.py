@@ -223,8 +223,6 @@ def fetch(
     ``<dest>.part`` already holds. A digest mismatch deletes the ``.part`` file (so the next
     attempt starts clean) and raises :class:`DownloadError`, as do final HTTP statuses.
     """
-    import requests
-
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -243,75 +241,86 @@ def fetch(
                 wait,
             )
             sleep(wait)
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            with session.get(
-                url,
-                headers=headers,
-                stream=True,
-                timeout=policy.timeout,
-                allow_redirects=allow_redirects,
-            ) as response:
-                status = response.status_code
-                if status == 416 and offset:
-                    # the .part file is already as long as the file (or longer): verify it below
-                    total = _content_range_total(response.headers.get("Content-Range"))
-                    if total is not None and total == offset:
-                        break
-                    part.unlink(missing_ok=True)
-                    last_error = "the server refused to resume; restarting"
-                    continue
-                if 300 <= status < 400:
-                    raise DownloadError(
-                        f"{shown}: the server redirected to "
-                        f"{redact(response.headers.get('Location', '?'))} instead of sending the "
-                        "file (a login page? an expired session?)"
-                    )
-                if status in RETRY_STATUS:
-                    last_error = f"HTTP {status}"
-                    continue
-                if status >= 400:
-                    raise _final_http_error(status, url)
-                mode = "ab"
-                if status == 206:
-                    start = _content_range_start(response.headers.get("Content-Range"))
-                    if start != offset:
-                        part.unlink(missing_ok=True)
-                        last_error = "the server resumed at the wrong offset; restarting"
-                        continue
-                else:  # 200: the whole file, from the start
-                    mode, offset = "wb", 0
-                length = response.headers.get("Content-Length")
-                want = offset + int(length) if length and length.isdigit() else None
-                if offset:
-                    log.info("resuming %s at %s", shown, human(offset))
-                else:
-                    log.info(
-                        "downloading %s%s", shown, f" ({human(want)})" if want is not None else ""
-                    )
-                _copy_body(response, part, mode, want, shown)
-                got = part.stat().st_size
-                if want is not None and got < want:
-                    last_error = f"connection closed after {human(got)} of {human(want)}"
-                    continue
-                break
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-        ) as err:
-            raise DownloadError(f"{shown}: not a valid URL ({err})") from None
-        except (requests.exceptions.RequestException, ConnectionError, TimeoutError) as err:
-            # network trouble; a local disk problem (ENOSPC, EACCES) is an OSError raised as is
-            last_error = _describe_network_error(err)
-            continue
+        last_error = _attempt(session, url, part, policy, allow_redirects)
+        if last_error is None:
+            break
     else:
         if part.exists() and part.stat().st_size == 0:
             part.unlink()
         raise DownloadError(
             f"could not download {shown} after {policy.retries + 1} attempt(s): {last_error}"
         )
+    return _keep_verified(part, dest, expected, shown)
+
+
+def _attempt(session, url: str, part: Path, policy: Policy, allow_redirects: bool) -> str | None:
+    """One request for what ``part`` still lacks: None once it holds the whole body, else why this
+    attempt failed and should be retried. Final failures raise :class:`DownloadError`."""
+    import requests
+
+    shown = redact(url)
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        with session.get(
+            url,
+            headers=headers,
+            stream=True,
+            timeout=policy.timeout,
+            allow_redirects=allow_redirects,
+        ) as response:
+            status = response.status_code
+            if status == 416 and offset:
+                # the .part file is already as long as the file (or longer): verify it later
+                total = _content_range_total(response.headers.get("Content-Range"))
+                if total is not None and total == offset:
+                    return None
+                part.unlink(missing_ok=True)
+                return "the server refused to resume; restarting"
+            if 300 <= status < 400:
+                raise DownloadError(
+                    f"{shown}: the server redirected to "
+                    f"{redact(response.headers.get('Location', '?'))} instead of sending the "
+                    "file (a login page? an expired session?)"
+                )
+            if status in RETRY_STATUS:
+                return f"HTTP {status}"
+            if status >= 400:
+                raise _final_http_error(status, url)
+            mode = "ab"
+            if status == 206:
+                start = _content_range_start(response.headers.get("Content-Range"))
+                if start != offset:
+                    part.unlink(missing_ok=True)
+                    return "the server resumed at the wrong offset; restarting"
+            else:  # 200: the whole file, from the start
+                mode, offset = "wb", 0
+            length = response.headers.get("Content-Length")
+            want = offset + int(length) if length and length.isdigit() else None
+            if offset:
+                log.info("resuming %s at %s", shown, human(offset))
+            else:
+                log.info("downloading %s%s", shown, f" ({human(want)})" if want is not None else "")
+            _copy_body(response, part, mode, want, shown)
+            got = part.stat().st_size
+            if want is not None and got < want:
+                return f"connection closed after {human(got)} of {human(want)}"
+            return None
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ) as err:
+        raise DownloadError(f"{shown}: not a valid URL ({err})") from None
+    except (requests.exceptions.RequestException, ConnectionError, TimeoutError) as err:
+        # network trouble; a local disk problem (ENOSPC, EACCES) is an OSError raised as is
+        return _describe_network_error(err)
+
+
+def _keep_verified(
+    part: Path, dest: Path, expected: tuple[str, str] | None, shown: str
+) -> dict[str, str]:
+    """Move a complete download into place if its digest matches; delete it otherwise."""
     digests = file_digests(part)
     if not verify(digests, expected):
         algo = expected[0]
