@@ -112,7 +112,7 @@ rule summary_models:
         # per input, the studies that use the model (comma-separated)
         studies=[",".join(studies) for studies in MODEL_STUDIES.values()],
     shell:
-        "python -m segmia collect-models --out {output} --studies {params.studies} {input} 2> {log}"
+        "python -m segmia collect-models --out {output} {input} --studies {params.studies} 2> {log}"
 
 
 rule reproduction:

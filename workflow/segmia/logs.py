@@ -31,12 +31,14 @@ def failed_jobs(snakemake_log: str) -> list[tuple[str, list[str]]]:
     return failed
 
 
-def failure_report(snakemake_log: str | None, tail: int = 6) -> str:
+def failure_report(snakemake_log, tail: int = 6) -> str:
     """Where each failed job's log is, with its last lines (segmia's steps end a failure with a
-    one-paragraph message saying what is wrong and how to fix it)."""
+    one-paragraph message saying what is wrong and how to fix it). ``snakemake_log``: the main
+    log file(s) Snakemake hands to ``onerror`` (a path, a list of paths, or None)."""
     from pathlib import Path
 
-    text = Path(snakemake_log).read_text(errors="replace") if snakemake_log else ""
+    paths = [snakemake_log] if isinstance(snakemake_log, (str, Path)) else snakemake_log or []
+    text = "\n".join(Path(p).read_text(errors="replace") for p in paths if Path(p).is_file())
     failed = failed_jobs(text)
     if not failed:
         return ""
