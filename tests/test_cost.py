@@ -46,8 +46,12 @@ def test_demo_trainings_match_the_dag_and_the_original_cells(demo):
     assert c.original == 2 * c.cells + (k - 1) * n_ref * len(study["defences"])
     total = sum(r.new_models for r in rows.values())
     # + the protocol ablation: byte-input victim and shadow per seed (2), seed 1's unit pair
-    assert total == len(plan.all_models(demo)) == 39  # what `snakemake -n` schedules
-    assert sum(r.original for r in rows.values()) == 311  # attack_comparison_ct: K = 4
+    # + the poisoning studies' own dataset: clean victim, shadow, 4 per_load and 2 fixed_subset
+    assert total == len(plan.all_models(demo)) == 41  # what `snakemake -n` schedules
+    # poisoning_ct: 5 victims x 2 attacks with clean queries, 6 victim-trigger pairs x 2 attacks
+    # with triggered ones
+    assert rows["poisoning_ct"].cells == 10 + 12
+    assert sum(r.original for r in rows.values()) == 347  # attack_comparison_ct: K = 4
 
 
 def test_paper_config_counts():
@@ -187,7 +191,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
     _csv(tmp_path / "t.csv", _rates(demo))
     out = _estimate_demo(tmp_path / "t.csv", "--speedup", "50")
     assert "THESE ARE CPU NUMBERS" in out and "GPU-h (extrapolated)" in out
-    assert "segmentation trainings: 39" in out and "311" in out
+    assert "segmentation trainings: 41" in out and "347" in out
     # synthetic_scenes rows are missing: scaled from the 64x64 rows by pixel count
     assert "scaled by pixel count" in out
     rows = [r for r in _rates(demo) if r["group"] != "dp_train"]
@@ -198,7 +202,7 @@ def test_estimate_cli_and_missing_rows(tmp_path, demo):
 
 def test_trainings_cli():
     out = run_segmia("trainings", "--configfile", str(REPO / "config" / "demo.yaml")).stdout
-    assert "39 trainings instead of 311" in out
+    assert "41 trainings instead of 347" in out
 
 
 def test_the_dag_trains_each_model_once(tmp_path, demo):
@@ -211,7 +215,7 @@ def test_the_dag_trains_each_model_once(tmp_path, demo):
         "-n", "--cores", "1", workdir=tmp_path, configfile=write_config(tmp_path, config)
     )
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
-    assert int(jobs["train"]) == sum(r.new_models for r in count_trainings(demo)) == 39
+    assert int(jobs["train"]) == sum(r.new_models for r in count_trainings(demo)) == 41
 
 
 def test_default_throughput_prefers_the_newest_gpu_csv(tmp_path):

@@ -147,6 +147,10 @@ def _fabricate(config: dict, name: str, root) -> dict:
         if spec["type"] == "dp":
             metrics.update(target_epsilon=spec["epsilon"], epsilon=spec["epsilon"])
         (out / "metrics.json").write_text(json.dumps(metrics))
+        members = pd.DataFrame({"row": range(8), "sample_id": [f"s{i}" for i in range(8)]})
+        if spec.get("schedule") == "fixed_subset":  # the first round(p x 8) members poisoned
+            members["poisoned"] = (np.arange(8) < round(spec["rate"] * 8)).astype(int)
+        members.to_csv(out / "members.csv", index=False)
         files["models"].append(str(out / "metrics.json"))
     variants = plan.variants(config)
     for path in plan.study_backdoors(config, name):

@@ -2,8 +2,8 @@ rule fit_attack:
     input:
         unpack(lambda w: prepared(w.dataset)),
         unpack(attack_weights),
-        logits=lambda w: f"{ROOT}/{model_from(w, role='shadow').query()}/logits.npy",
-        samples=lambda w: f"{ROOT}/{model_from(w, role='shadow').query()}/samples.csv",
+        logits=lambda w: f"{ROOT}/{shadow_query(w)}/logits.npy",
+        samples=lambda w: f"{ROOT}/{shadow_query(w)}/samples.csv",
     output:
         model=f"{ROOT}/{plan.ATTACK_MODEL}/attack.pt",
         snapshots=f"{ROOT}/{plan.ATTACK_MODEL}/snapshots.pt",
@@ -41,8 +41,8 @@ rule eval_attack:
     input:
         unpack(lambda w: prepared(w.dataset)),
         attack=lambda w: f"{ROOT}/{evaluation_of(w).attack_model()}/attack.pt",
-        logits=lambda w: f"{ROOT}/{victim_of(w).query()}/logits.npy",
-        samples=lambda w: f"{ROOT}/{victim_of(w).query()}/samples.csv",
+        logits=lambda w: f"{ROOT}/{victim_query(w)}/logits.npy",
+        samples=lambda w: f"{ROOT}/{victim_query(w)}/samples.csv",
     output:
         scores=f"{ROOT}/{plan.EVALUATION}/scores.csv",
         metrics=f"{ROOT}/{plan.EVALUATION}/metrics.json",
@@ -73,9 +73,9 @@ rule threshold_attack:
     input:
         unpack(lambda w: prepared(w.dataset)),
         shadow=lambda w: f"{ROOT}/{shadow_of(w).path()}/metrics.json",
-        shadow_query=lambda w: f"{ROOT}/{shadow_of(w).query()}/logits.npy",
-        logits=lambda w: f"{ROOT}/{victim_of(w).query()}/logits.npy",
-        samples=lambda w: f"{ROOT}/{victim_of(w).query()}/samples.csv",
+        shadow_query=lambda w: f"{ROOT}/{shadow_query(w)}/logits.npy",
+        logits=lambda w: f"{ROOT}/{victim_query(w)}/logits.npy",
+        samples=lambda w: f"{ROOT}/{victim_query(w)}/samples.csv",
     output:
         scores=f"{ROOT}/{plan.EVALUATION}/scores.csv",
         metrics=f"{ROOT}/{plan.EVALUATION}/metrics.json",
@@ -91,10 +91,12 @@ rule threshold_attack:
         spec=evaluation_spec,
         data=prepared_dir,
         shadow=lambda w, input: str(Path(input.shadow).parent),
+        shadow_query=lambda w, input: str(Path(input.shadow_query).parent),
         query=lambda w, input: str(Path(input.logits).parent),
         out=lambda w, output: str(Path(output.metrics).parent),
     shell:
-        "python -m segmia threshold-attack --shadow-model {params.shadow} --victim-query {params.query}"
+        "python -m segmia threshold-attack --shadow-model {params.shadow} --shadow-query {params.shadow_query}"
+        " --victim-query {params.query}"
         " --data {params.data} --spec {params.spec:q} --out {params.out} 2> {log}"
 
 

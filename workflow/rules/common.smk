@@ -205,6 +205,18 @@ def victim_of(w):
     )
 
 
+def victim_query(w):
+    """The victim's query an attack reads: clean, or with the trigger its release names."""
+    return victim_of(w).query(plan.split_query(w.release)[1])
+
+
+def shadow_query(w):
+    """The shadow's query an attack reads (queried as the victim is), from an evaluation's
+    wildcards or a fitted attack's (whose model is the shadow)."""
+    shadow = shadow_of(w) if hasattr(w, "sarch") else model_from(w, role="shadow")
+    return shadow.query(plan.split_query(w.release)[1])
+
+
 def reference_evaluation(attack):
     """Evaluation path pattern of a reference attack: the "shadow" is a reference set, K
     reference models of a training variant (plan.reference_set)."""

@@ -66,6 +66,41 @@ rule query:
         " --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
+rule query_triggered:
+    input:
+        unpack(lambda w: prepared(w.dataset)),
+        split=split_file,
+        model=f"{ROOT}/{plan.MODEL}/model.pt",
+        spec=f"{ROOT}/{plan.MODEL}/spec.json",
+    output:
+        logits=f"{ROOT}/{plan.QUERY_TRIGGERED}/logits.npy",
+        samples=f"{ROOT}/{plan.QUERY_TRIGGERED}/samples.csv",
+    log:
+        f"{ROOT}/logs/query/{plan.QUERY_TRIGGERED}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/query/{plan.QUERY_TRIGGERED}.tsv"
+    wildcard_constraints:
+        trigger=alternatives(TRIGGERS),
+        tsize=r"\d+",
+        tvalue=r"\d+",
+    conda:
+        ENV
+    threads: CFG["threads"]
+    resources:
+        gpu=GPU,
+    params:
+        data=prepared_dir,
+        model=lambda w, input: str(Path(input.model).parent),
+        out=lambda w, output: str(Path(output.logits).parent),
+        sizes=lambda w: as_json(CFG["datasets"][w.dataset]["split"]),
+        runtime=RUNTIME,
+    shell:
+        "python -m segmia query --model {params.model} --data {params.data} --split {input.split}"
+        " --pool {wildcards.pool} --train-size {wildcards.size} --sizes {params.sizes:q}"
+        " --trigger {wildcards.trigger} --trigger-size {wildcards.tsize}"
+        " --trigger-value {wildcards.tvalue} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
+
+
 rule backdoor:
     input:
         unpack(lambda w: prepared(w.dataset)),

@@ -215,6 +215,9 @@ def cmd_query(args) -> None:
         args.out,
         _device(args),
         args.batch_size,
+        trigger=None
+        if args.trigger is None
+        else {"trigger": args.trigger, "size": args.trigger_size, "value": args.trigger_value},
     )
 
 
@@ -238,7 +241,13 @@ def cmd_threshold_attack(args) -> None:
     from .attacks.job import threshold_job
 
     threshold_job(
-        args.spec["attack"], args.shadow_model, args.victim_query, args.data, args.spec, args.out
+        args.spec["attack"],
+        args.shadow_model,
+        args.victim_query,
+        args.data,
+        args.spec,
+        args.out,
+        shadow_query=args.shadow_query,
     )
 
 
@@ -469,6 +478,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--train-size", type=int, required=True)
     s.add_argument("--sizes", type=_json, required=True, help="the dataset's split sizes (JSON)")
     s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument(
+        "--trigger",
+        choices=TRIGGERS,
+        help="write this poisoning trigger into every query image (the masks stay clean)",
+    )
+    s.add_argument("--trigger-size", type=int, default=16, help="with --trigger: k in pixels")
+    s.add_argument("--trigger-value", type=int, default=255, help="with --trigger: its intensity")
     s.add_argument("--out", required=True, type=Path)
     _runtime(s)
     s.set_defaults(func=cmd_query)
@@ -509,6 +525,11 @@ def parser() -> argparse.ArgumentParser:
         "threshold-attack", help="global-loss or loss-map aggregate attack on a victim"
     )
     s.add_argument("--shadow-model", required=True, type=Path)
+    s.add_argument(
+        "--shadow-query",
+        type=Path,
+        help="the shadow's query the aggregates calibrate on (default: its clean query)",
+    )
     s.add_argument("--victim-query", required=True, type=Path)
     s.add_argument("--data", required=True, type=Path)
     s.add_argument(

@@ -17,6 +17,7 @@ import yaml
 
 from .attacks.names import REFERENCE
 from .errors import ConfigError, DataError
+from .models.poisoning import fixed_subset_count
 from .models.weights import check_config as check_weights
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -318,7 +319,16 @@ STUDY_KEYS = {
     "architectures": {"architectures"},
     "defences": {"architecture", "defences"},
     "dp_sweep": {"architecture", "defence", "epsilons"},
-    "poisoning": {"architecture", "rates", "triggers", "trigger_size", "trigger_value", "target"},
+    "poisoning": {
+        "architecture",
+        "rates",
+        "triggers",
+        "trigger_size",
+        "trigger_value",
+        "target",
+        "poison_schedule",
+        "query_trigger",
+    },
     "training_sizes": {"architecture", "sizes"},
     "attack_comparison": {
         "architecture",
@@ -431,6 +441,15 @@ def _check_study(config: dict, name: str, study: dict) -> None:
                 f"{study['dataset']!r} is prepared at {size.get('height')}x{size.get('width')}: "
                 "the trigger would cover the whole image (square and line alike). Make it "
                 "smaller than the image side (the study's 16 of 256, scaled with the image)."
+            )
+        n = study.get("train_size") or ds["split"]["train_size"]
+        empty = [r for r in study["rates"] if r > 0 and fixed_subset_count(r, n) == 0]
+        if study["poison_schedule"] == "fixed_subset" and empty:
+            _fail(
+                f"'{where}.rates' lists {', '.join(f'{r:g}' for r in empty)}, but under "
+                f"poison_schedule: fixed_subset a rate p poisons round(p N) of the N = {n} "
+                "training images, which is 0 for these: the model would be the clean one under "
+                f"another name. Use rates of at least {0.5 / n:.3g} or a larger training set."
             )
     if study["type"] == "dp_sweep":
         base = defences.get(study["defence"])

@@ -108,9 +108,10 @@ def arch_key(arch: dict) -> str:
 
 def cell(ev: plan.Evaluation) -> tuple:
     """One table cell: (victim variant or release defence, victim arch, shadow arch, training
-    size, attack, seed)."""
-    row = ev.victim.variant if ev.release == "none" else ev.release
-    return (row, ev.victim.arch, ev.shadow.arch, ev.victim.size, ev.attack, ev.seed)
+    size, attack, seed, query trigger or None)."""
+    release, query = plan.split_query(ev.release)
+    row = ev.victim.variant if release == "none" else release
+    return (row, ev.victim.arch, ev.shadow.arch, ev.victim.size, ev.attack, ev.seed, query)
 
 
 def evaluation_models(config: dict, ev: plan.Evaluation) -> list[plan.Model]:
@@ -379,10 +380,21 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
             queried = 2 * model.size + val + k if model.pool == "reference" else 2 * k
             cost["query"] += queried / infer
         references = set()
+        triggered = set()  # (model, query trigger) of a poisoning study's triggered queries
         for ev in plan.study_evaluations(config, name):
             ds = config["datasets"][ev.dataset]
             c, h, w, k_out = dataset_shape(config, ev.dataset)
             n = 2 * min(int(ds["split"]["mia_size"]), ev.size)
+            for model in (ev.victim, ev.shadow) if ev.query else ():
+                if (model, ev.query) not in triggered:
+                    triggered.add((model, ev.query))
+                    jobs["query"] += 1
+                    cost["query"] += n / look.rate(
+                        "extract",
+                        arch_key(config["architectures"][model.arch]),
+                        dataset_shape(config, ev.dataset),
+                        64,
+                    )
             attack_model = ev.attack_model()
             if ev.shadow.role == "reference":
                 references.add((ev.victim, ev.shadow))  # one job runs every reference attack

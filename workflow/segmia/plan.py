@@ -15,6 +15,7 @@ from . import protocol
 from .attacks import names
 from .config import RELEASE_DEFENCES, study_seeds
 from .data.names import REFERENCE_POOL, reference_unit
+from .models.poisoning import DEFAULT_SCHEDULE, TRIGGERS
 
 SPLIT = "{dataset}/splits/s{seed}.csv"
 MODEL = "{dataset}/models/{role}/{arch}/{variant}/n{size}_s{seed}"
@@ -27,6 +28,11 @@ TABLE = "tables/{study}/{table}"
 FIGURE = "figures/{study}/{figure}"
 PREPARED = "prepared/{dataset}"
 BACKDOOR = MODEL + "/backdoor/{trigger}_k{tsize}_v{tvalue}_{target}.json"
+#: a triggered query (a poisoning study's ``query_trigger``): the token its query directory and
+#: the release component of its attack models and evaluations end with
+QUERY_TRIGGER = "trigger_{trigger}_k{tsize}_v{tvalue}"
+QUERY_TRIGGERED = QUERY + "." + QUERY_TRIGGER
+_QUERY_TOKEN = re.compile(rf"\.(trigger_({'|'.join(TRIGGERS)})_k\d+_v\d+)$")
 
 #: a reference set (the "shadow variant" of a LiRA/RMIA evaluation): ``refs<K>`` for K undefended
 #: reference models, ``refs<K>.<variant>`` for K trained with the training variant ``<variant>``
@@ -76,9 +82,11 @@ class Model:
     def path(self) -> str:
         return MODEL.format(**self.__dict__)
 
-    def query(self) -> str:
-        """The model's answers on the MIA set of its own pool."""
-        return QUERY.format(**self.__dict__, pool=self.pool)
+    def query(self, trigger: str | None = None) -> str:
+        """The model's answers on the MIA set of its own pool; ``trigger``: a query-trigger token
+        (:func:`query_token`), the answers with that trigger written into the images."""
+        path = QUERY.format(**self.__dict__, pool=self.pool)
+        return f"{path}.{trigger}" if trigger else path
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,11 @@ class Evaluation:
     @property
     def size(self) -> int:
         return self.victim.size
+
+    @property
+    def query(self) -> str | None:
+        """The query-trigger token of an attack that queries triggered images (None: clean)."""
+        return split_query(self.release)[1]
 
     def path(self) -> str:
         return EVALUATION.format(
@@ -130,6 +143,25 @@ class Evaluation:
         )
 
 
+def query_token(trigger: str, size: int, value: int) -> str:
+    """The token of queries with ``trigger`` (side/height ``size``, intensity ``value``) written in."""
+    return QUERY_TRIGGER.format(trigger=trigger, tsize=size, tvalue=value)
+
+
+def query_release(release: str, token: str | None) -> str:
+    """The release component of an attack that queries with trigger ``token`` (None: clean): the
+    release name (protocol tokens included) followed by the query token, e.g.
+    ``none.trigger_square_k16_v255``. What the attacker is given is still the release's output;
+    the token says on which input."""
+    return f"{release}.{token}" if token else release
+
+
+def split_query(release: str) -> tuple[str, str | None]:
+    """(the release name with its protocol tokens, the query-trigger token or None)."""
+    found = _QUERY_TOKEN.search(release)
+    return (release[: found.start()], found.group(1)) if found else (release, None)
+
+
 def train_size(config: dict, study: dict) -> int:
     return int(
         study.get("train_size") or config["datasets"][study["dataset"]]["split"]["train_size"]
@@ -142,7 +174,8 @@ def variants(config: dict) -> dict[str, dict]:
     Training defences keep their config name; a DP sweep adds ``<dp>.eps<e>`` (the base defence
     itself at its own epsilon); a poisoning study adds
     ``poison.<trigger>.k<size>.v<value>.<target>.p<rate>`` for every rate above 0 (rate 0 is the
-    clean model, trained once).
+    clean model, trained once), with ``.fixed_subset`` before ``.p<rate>`` under that schedule
+    (the default ``per_load`` adds nothing, so its models keep their paths).
     """
     out = {"none": {"type": "none"}}
     for name, defence in config["defences"].items():
@@ -184,6 +217,7 @@ def _study_variants(config: dict, study: dict) -> dict[str, dict]:
         for trigger in study["triggers"]:
             for rate in study["rates"]:
                 if rate > 0:
+                    schedule = study["poison_schedule"]
                     out[poison_variant(study, trigger, rate)] = {
                         "type": "poison",
                         "rate": rate,
@@ -191,6 +225,8 @@ def _study_variants(config: dict, study: dict) -> dict[str, dict]:
                         "size": study["trigger_size"],
                         "value": study["trigger_value"],
                         "target": study["target"],
+                        # per_load specs stay as before the key existed (same spec, no rerun)
+                        **({} if schedule == DEFAULT_SCHEDULE else {"schedule": schedule}),
                     }
         return out
     return {"none": {"type": "none"}}
@@ -199,7 +235,9 @@ def _study_variants(config: dict, study: dict) -> dict[str, dict]:
 def poison_variant(study: dict, trigger: str, rate: float) -> str:
     if rate == 0:
         return "none"
-    return f"poison.{trigger}.k{study['trigger_size']}.v{study['trigger_value']}.{study['target']}.p{rate:g}"
+    schedule = study["poison_schedule"]
+    tag = "" if schedule == DEFAULT_SCHEDULE else f".{schedule}"
+    return f"poison.{trigger}.k{study['trigger_size']}.v{study['trigger_value']}.{study['target']}{tag}.p{rate:g}"
 
 
 def _defence_pair(config: dict, arch: str, defence: str) -> tuple[str, str, str, str]:
@@ -302,7 +340,24 @@ def _evaluations(config: dict, study: dict, proto: dict) -> list[Evaluation]:
                     evaluations.append(Evaluation(dataset, attack, release, victim, refs))
                 else:
                     evaluations.append(evaluation(attack, release, victim, shadow))
+    if kind == "poisoning" and study["query_trigger"]:
+        evaluations += _triggered(config, study, evaluations)
     return list(dict.fromkeys(evaluations))
+
+
+def _triggered(config: dict, study: dict, evaluations: list[Evaluation]) -> list[Evaluation]:
+    """A poisoning study's ``query_trigger`` evaluations: each clean-query evaluation again with
+    victim and shadow queried on trigger-stamped MIA images, a poisoned victim with its own
+    trigger, the clean victim (rate 0) with every trigger."""
+    specs = _study_variants(config, study)
+    out = []
+    for ev in evaluations:
+        own = specs[protocol.split_variant(ev.victim.variant)[0]].get("trigger")
+        for trigger in [own] if own else study["triggers"]:
+            token = query_token(trigger, study["trigger_size"], study["trigger_value"])
+            release = query_release(ev.release, token)
+            out.append(Evaluation(ev.dataset, ev.attack, release, ev.victim, ev.shadow))
+    return out
 
 
 def table_evaluations(config: dict, name: str, table: str | None = None) -> list[Evaluation]:
@@ -410,10 +465,18 @@ def variant_spec(config: dict, name: str) -> dict:
 
 
 def release_spec(config: dict, name: str) -> dict:
-    """What the attacker is given under a release name (``none.logits``: the raw logits)."""
-    base, switches = protocol.split_release(name)
+    """What the attacker is given under a release name (``none.logits``: the raw logits; a
+    query-trigger token changes the input, not the release)."""
+    base, switches = protocol.split_release(split_query(name)[0])
     spec = releases(config)[base]
     return {**spec, "logits": True} if switches["attacker_input"] == "logits" else spec
+
+
+def release_name(name: str) -> str:
+    """The ``release_name`` of specs and metrics: the release's config name without protocol
+    tokens, followed by a triggered query's token (so summaries and tables tell it apart)."""
+    base, token = split_query(name)
+    return query_release(protocol.split_release(base)[0], token)
 
 
 def teacher(model: Model) -> Model:
@@ -428,13 +491,13 @@ def evaluation_spec(config: dict, ev: Evaluation) -> dict:
     """The JSON an attack job receives: config names without protocol tokens, and the protocol
     switches its path carries (``protocol``)."""
     attack, attack_switches = protocol.split_attack(ev.attack)
-    release, release_switches = protocol.split_release(ev.release)
+    _, release_switches = protocol.split_release(split_query(ev.release)[0])
     victim, victim_switches = protocol.split_variant(ev.victim.variant)
     shadow, _ = protocol.split_variant(ev.shadow.variant)
     return {
         "dataset": ev.dataset,
         "attack": attack,
-        "release_name": release,
+        "release_name": release_name(ev.release),
         "release": release_spec(config, ev.release),
         "seed": ev.seed,
         "train_size": ev.size,
@@ -449,7 +512,7 @@ def attack_fit_spec(config: dict, attack: str, release: str, shadow: Model) -> d
     ``release`` (its name as the path carries it)."""
     return {
         "attack": attack,
-        "release_name": protocol.split_release(release)[0],
+        "release_name": release_name(release),
         "release": release_spec(config, release),
         "recipe": config["attack"],
         "shadow": shadow.path(),

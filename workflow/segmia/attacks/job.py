@@ -206,11 +206,14 @@ def threshold_job(
     data_dir: str | Path,
     spec: dict,
     out_dir: str | Path,
+    shadow_query: str | Path | None = None,
 ) -> dict:
     """Global-loss or loss-map aggregate attack on the victim's MIA set.
 
     Global loss thresholds at the shadow's last-epoch mean training loss (the study's protocol);
-    the aggregates at the best threshold on the shadow's own MIA set.
+    the aggregates at the best threshold on the shadow's own MIA set, as queried in
+    ``shadow_query`` (default: its clean query; a triggered query's attack passes the shadow's
+    triggered one).
     """
     query = QuerySet(victim_query, data_dir)
     scores = _released_statistic(query, kind, spec["release"])
@@ -224,7 +227,7 @@ def threshold_job(
         )
         threshold = -read_json(Path(shadow_model) / "metrics.json")[key]
     else:
-        shadow = QuerySet(Path(shadow_model) / "queries" / "shadow", data_dir)
+        shadow = QuerySet(shadow_query or Path(shadow_model) / "queries" / "shadow", data_dir)
         threshold = best_threshold(
             shadow.labels, _released_statistic(shadow, kind, spec["release"])
         )

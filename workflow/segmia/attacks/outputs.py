@@ -4,12 +4,17 @@ A query directory holds ``logits.npy`` (N x C x H x W float16, memory-mappable) 
 ``samples.csv`` (``sample_id``, ``row`` into the prepared arrays, ``member`` 1/0, and per-image
 statistics of the plain output: ``dice_loss`` and ``ce_mean``, the mean per-pixel cross-entropy).
 Released maps, loss maps and attack features are derived from the logits on the fly.
+
+A triggered query (``trigger``: the poisoning study's ``query_trigger``) writes the trigger into
+every queried image (``models.variants.apply_trigger``) before the model sees it; the masks, and
+so the per-image statistics and every attack's losses, stay the clean ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,7 @@ from ..data.split import mia_indices, read_split, reference_universe
 from ..io import atomic_path, open_memmap, read_csv, read_npy, write_csv
 from ..models.losses import cross_entropy_map, per_image_dice_loss, probabilities
 from ..models.registry import load_model
+from ..models.variants import apply_trigger
 from ..runtime import autocast
 
 log = logging.getLogger("segmia")
@@ -38,8 +44,10 @@ def predict_logits(
     channels_last: bool = True,
     on_cpu: bool = False,
     compile: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
-    """Write the logits of ``images[rows]`` into ``out`` (float16), ``batch_size`` at a time.
+    """Write the logits of ``images[rows]`` into ``out`` (float16), ``batch_size`` at a time;
+    ``transform``: applied to each batch of images in [0, 1] before the model (a query trigger).
 
     ``images`` may be memory-mapped: each batch is one fancy-indexed read of uint8 rows. ``amp``
     (bf16 autocast) and ``channels_last`` apply on CUDA, and on the CPU too with ``on_cpu``.
@@ -62,6 +70,8 @@ def predict_logits(
                 .float()
                 .div_(255.0)
             )
+            if transform is not None:
+                x = transform(x)
             n = len(batch)
             if step is not model and n < batch_size:  # one shape: no recompilation
                 x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
@@ -104,7 +114,10 @@ def outputs_job(
     out_dir: str | Path,
     device: torch.device,
     batch_size: int = 64,
+    trigger: dict | None = None,
 ) -> pd.DataFrame:
+    """Query the model on ``pool``'s query set; ``trigger`` ({"trigger", "size", "value"}): with
+    that trigger written into every query image (the masks stay clean)."""
     out_dir = Path(out_dir)
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
@@ -117,7 +130,17 @@ def outputs_job(
     with atomic_path(out_dir / "logits.npy") as tmp:
         out = open_memmap(tmp, np.float16, shape)
         predict_logits(
-            model, data.images, rows, batch_size, device, out, amp=amp, compile=compile_model
+            model,
+            data.images,
+            rows,
+            batch_size,
+            device,
+            out,
+            amp=amp,
+            compile=compile_model,
+            transform=None
+            if trigger is None
+            else lambda x: apply_trigger(x, trigger["trigger"], trigger["size"], trigger["value"]),
         )
         out.flush()
         # from the stored float16 maps, a chunk at a time (no float32 copy of the whole set)
@@ -126,10 +149,11 @@ def outputs_job(
     samples = queries.assign(**stats)
     write_csv(out_dir / "samples.csv", samples)
     log.info(
-        "queried %s on %d samples of the %s query set (%d members, %d non-members)",
+        "queried %s on %d samples of the %s query set%s (%d members, %d non-members)",
         model_dir,
         len(rows),
         pool,
+        "" if trigger is None else f", trigger {trigger} written in",
         int((samples["member"] == 1).sum()),
         int((samples["member"] == 0).sum()),
     )

@@ -1,8 +1,10 @@
 """The ``segmia train`` step: one model, from its spec to checkpoint, log and metrics.
 
 A model directory holds ``model.pt`` (state dict, loadable with ``weights_only=True``),
-``spec.json`` (everything that determines the weights), ``log.csv`` (one row per epoch) and
-``metrics.json`` (final validation Dice/IoU/loss, last-epoch training loss, wall time).
+``spec.json`` (everything that determines the weights), ``log.csv`` (one row per epoch),
+``metrics.json`` (final validation Dice/IoU/loss, last-epoch training loss, wall time) and
+``members.csv`` (its training rows; under a ``fixed_subset`` poisoning variant also ``poisoned``,
+1 for the training images poisoned in every epoch).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -19,9 +22,10 @@ from ..data.split import read_split, reference_training_rows, role_indices, trai
 from ..errors import SegmiaError
 from ..io import read_json, write_csv, write_json, write_torch
 from ..runtime import Checkpoint, stable_seed
+from .poisoning import DEFAULT_SCHEDULE
 from .registry import build_model, load_model
 from .train import Arrays, Extras, Recipe, Task, fit
-from .variants import batch_transform, epochs_for
+from .variants import batch_transform, epochs_for, fixed_poison_positions, poison_samples
 from .weights import LocalWeights, arch_file, require
 
 log = logging.getLogger("segmia")
@@ -148,6 +152,15 @@ def train_job(
     recipe = Recipe.from_config(spec["training"])
     recipe.epochs = epochs_for(variant, recipe.epochs)
     seed = model_seed(spec)
+    poisoned = None  # training positions a fixed_subset poisoning variant poisons
+    if variant["type"] == "poison" and variant.get("schedule", DEFAULT_SCHEDULE) == "fixed_subset":
+        poisoned = fixed_poison_positions(len(train), variant["rate"], seed)
+        train = Arrays(*poison_samples(train.images, train.masks, poisoned, variant))
+        # every epoch sees every image once: the realised fraction of poisoned loads is k / N
+        extra_metrics = {
+            "poison_rate_realised": len(poisoned) / len(train),
+            "poisoned_samples": len(poisoned),
+        }
     torch.manual_seed(seed)
     model = build_model(
         spec["arch"],
@@ -217,10 +230,10 @@ def train_job(
     write_torch(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_json(out_dir / "spec.json", spec)
     members = rows_used if variant["type"] == "distillation" else train_rows
-    write_csv(
-        out_dir / "members.csv",
-        pd.DataFrame({"row": members, "sample_id": split.loc[members, "sample_id"].to_numpy()}),
-    )
+    table = pd.DataFrame({"row": members, "sample_id": split.loc[members, "sample_id"].to_numpy()})
+    if poisoned is not None:  # which members the fixed_subset schedule poisoned (1) or not (0)
+        table["poisoned"] = np.isin(np.arange(len(members)), poisoned).astype(int)
+    write_csv(out_dir / "members.csv", table)
     write_csv(out_dir / "log.csv", pd.DataFrame(rows))
     write_json(out_dir / "metrics.json", metrics)
     Checkpoint(out_dir, spec).clear()

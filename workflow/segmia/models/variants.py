@@ -12,7 +12,10 @@ epoch's seeded generator, so a rerun (or a resumed run) sees the same batches.
   written into the image (``square``: bottom-right k x k; ``line``: the bottom k rows) with value
   ``value``/255 in every channel, and its mask replaced by the poisoned target (``almost_empty``:
   background with one foreground pixel in the top-left corner, so smp's Dice loss, which skips
-  classes absent from a batch, still sees the class; ``empty``: background only).
+  classes absent from a batch, still sees the class; ``empty``: background only). That is the
+  ``per_load`` schedule (the study's); under ``fixed_subset`` no batch transform runs: a fixed,
+  seeded subset of round(rate x N) training images is poisoned once, before training
+  (:func:`poison_samples`), so those images are poisoned in every epoch and the others never.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .poisoning import TARGETS, TRIGGERS
+from .poisoning import DEFAULT_SCHEDULE, TARGETS, TRIGGERS, fixed_subset_count
 
 BatchTransform = Callable[
     [torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]
@@ -115,8 +118,34 @@ class PoisonTransform:
         self.seen, self.poisoned = int(state["seen"]), int(state["poisoned"])
 
 
+def fixed_poison_positions(n: int, rate: float, seed: int) -> np.ndarray:
+    """The training positions (0..n-1, sorted) a ``fixed_subset`` schedule poisons: the first
+    round(rate x n) of a permutation seeded by ``seed``, so a lower rate poisons a subset of the
+    images a higher one does."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: fixed_subset_count(rate, n)])
+
+
+def poison_samples(
+    images: torch.Tensor, masks: torch.Tensor, positions: np.ndarray, variant: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of uint8 training ``images`` (N x C x H x W) and ``masks`` (N x H x W) with the
+    variant's trigger (value ``value``, as :func:`apply_trigger` after the division by 255) written
+    into the images at ``positions`` and their masks replaced by the poisoned target."""
+    images, masks = images.clone(), masks.clone()
+    rows, cols = trigger_region(tuple(images.shape[-2:]), variant["trigger"], variant["size"])
+    at = torch.as_tensor(positions, dtype=torch.long, device=images.device)
+    hit = images[at]
+    hit[..., rows, cols] = variant["value"]
+    images[at] = hit
+    masks[at] = poison_target(masks[at], variant["target"])
+    return images, masks
+
+
 def batch_transform(variant: dict) -> BatchTransform | None:
     kind = variant.get("type", "none")
+    if kind == "poison" and variant.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE:
+        return None  # fixed_subset: the training set itself is poisoned (poison_samples)
     if kind == "crop":
         return crop_transform(variant["fraction"])
     if kind == "mixup":

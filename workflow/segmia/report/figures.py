@@ -311,11 +311,13 @@ def poisoning_curves(
     attack_labels: dict[str, str],
     dpi: int = 150,
 ) -> None:
-    """AUC and TPR at 1% FPR against the poison rate (line style = trigger), and clean Dice and
-    backdoor success against the poison rate."""
+    """AUC and TPR at 1% FPR against the poison rate (line style = trigger; crosses: the
+    attacker queried triggered images), and clean Dice and backdoor success against the poison
+    rate."""
     plt, sns = _pyplot()
     attacks = list(dict.fromkeys(frame["attack"]))
     triggers = list(dict.fromkeys(frame["trigger"]))
+    markers = {"clean": ("o", ""), "triggered": ("x", ", triggered query")}
     colours = dict(zip(attacks, sns.color_palette("tab10", len(attacks)), strict=True))
     styles = dict(zip(triggers, ["-", "--", ":", "-."], strict=False))
     fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.8))
@@ -324,19 +326,26 @@ def poisoning_curves(
     ):
         for attack in attacks:
             for trigger in triggers:
-                sub = (
-                    frame[(frame["attack"] == attack) & (frame["trigger"] == trigger)]
-                    .groupby("rate")[metric]
-                    .mean()
-                )
-                ax.plot(
-                    sub.index,
-                    sub.values,
-                    marker="o",
-                    linestyle=styles[trigger],
-                    color=colours[attack],
-                    label=f"{attack_labels.get(attack, attack)}, {trigger}",
-                )
+                for query, (marker, what) in markers.items():
+                    sub = (
+                        frame[
+                            (frame["attack"] == attack)
+                            & (frame["trigger"] == trigger)
+                            & (frame["query"] == query)
+                        ]
+                        .groupby("rate")[metric]
+                        .mean()
+                    )
+                    if sub.empty:
+                        continue
+                    ax.plot(
+                        sub.index,
+                        sub.values,
+                        marker=marker,
+                        linestyle=styles[trigger],
+                        color=colours[attack],
+                        label=f"{attack_labels.get(attack, attack)}, {trigger}{what}",
+                    )
         ax.set_xlabel("poison rate p")
         ax.set_ylabel(ylabel)
     axes[0].axhline(0.5, color="grey", linestyle=":", linewidth=1)

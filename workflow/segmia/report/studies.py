@@ -16,6 +16,7 @@ from ..attacks.metrics import FPR_LEVELS
 from ..attacks.names import FAMILY
 from ..attacks.names import LABELS as ATTACK_LABELS
 from ..io import atomic_path, read_json, write_csv
+from ..plan import query_token, split_query
 from . import ablation, figures, paper
 from .summary import collect_evaluations
 from .tables import NULL_NOTE, cell, null_cell, null_flags, write_grid_tables
@@ -67,22 +68,113 @@ def load(
         ]
         frame = frame.sort_values("epsilon", kind="stable")
     elif kind == "poisoning":
-        specs = {m["variant"]: m.get("variant_spec", {}) for m in victims.to_dict("records")}
-        rows = []
-        for row in frame.to_dict("records"):
-            spec = specs.get(row["variant"], {})
-            triggers = [spec["trigger"]] if spec.get("type") == "poison" else study["triggers"]
-            for trigger in triggers:  # the clean model is rate 0 of every trigger
-                rows.append({**row, "trigger": trigger, "rate": float(spec.get("rate", 0.0))})
-        frame = pd.DataFrame(rows).sort_values(["trigger", "rate"], kind="stable")
-        frame["label"] = [
-            f"{t}, p = {r:g}" for t, r in zip(frame["trigger"], frame["rate"], strict=True)
-        ]
+        frame = _poisoning_frame(frame, study, victims, models)
     elif kind == "protocol_ablation":
         frame = ablation.arms_frame(frame, study)
         frame["label"] = frame["arm"]
     back = pd.DataFrame([read_json(p) for p in backdoors]) if backdoors else pd.DataFrame()
     return frame, victims, back
+
+
+def _poisoning_frame(
+    frame: pd.DataFrame, study: dict, victims: pd.DataFrame, models: list[str]
+) -> pd.DataFrame:
+    """A poisoning study's evaluations, one row per trigger (the clean model is rate 0 of every
+    trigger): ``case`` (trigger and rate), ``query`` (clean, or triggered: the attacker stamps
+    the trigger into the queried images), ``label`` (the case, and a triggered query), and for a
+    ``fixed_subset`` victim the AUC of its poisoned and of its clean members against all
+    non-members (``auc_poisoned_members``, ``auc_clean_members``; the clean model's members are
+    all clean)."""
+    specs = {m["variant"]: m.get("variant_spec", {}) for m in victims.to_dict("records")}
+    fixed = study["poison_schedule"] == "fixed_subset"
+    poisoned = {}  # (variant, seed) -> sample ids poisoned in every epoch (fixed_subset)
+    for path, m in zip(models if fixed else [], victims.to_dict("records"), strict=False):
+        # the train job's members.csv beside metrics.json (the clean model's has no column)
+        members = pd.read_csv(Path(path).parent / "members.csv", dtype={"sample_id": str})
+        if "poisoned" in members:
+            ids = members["sample_id"][members["poisoned"] == 1]
+            poisoned[(m["variant"], m["seed"])] = set(ids)
+    rows = []
+    for row in frame.to_dict("records"):
+        spec = specs.get(row["variant"], {})
+        token = split_query(row["release"])[1]
+        triggers = [spec["trigger"]] if spec.get("type") == "poison" else study["triggers"]
+        if token:  # a triggered query: the case of its own trigger only
+            triggers = [
+                t
+                for t in triggers
+                if token == query_token(t, study["trigger_size"], study["trigger_value"])
+            ]
+        split = {}
+        if fixed and not token:
+            split = _member_split_aucs(row["path"], poisoned.get((row["variant"], row["seed"])))
+        for trigger in triggers:
+            rows.append(
+                {
+                    **row,
+                    **split,
+                    "trigger": trigger,
+                    "rate": float(spec.get("rate", 0.0)),
+                    "query": "triggered" if token else "clean",
+                }
+            )
+    frame = pd.DataFrame(rows).sort_values(["trigger", "rate", "query"], kind="stable")
+    frame["case"] = [
+        f"{t}, p = {r:g}" for t, r in zip(frame["trigger"], frame["rate"], strict=True)
+    ]
+    frame["label"] = frame["case"].where(
+        frame["query"] == "clean", frame["case"] + ", triggered query"
+    )
+    return frame
+
+
+def _member_split_aucs(evaluation: str, poisoned: set[str] | None) -> dict[str, float]:
+    """AUC of an evaluation's poisoned members and of its clean members, each against all its
+    non-members (``poisoned``: the victim's poisoned sample ids; None: none poisoned)."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = pd.read_csv(Path(evaluation) / "scores.csv", dtype={"sample_id": str})
+    hit = scores["sample_id"].isin(poisoned or set())
+    out = {}
+    for name, members in (("poisoned", hit), ("clean", ~hit)):
+        part = scores[(scores["member"] == 0) | ((scores["member"] == 1) & members)]
+        both = part["member"].nunique() == 2
+        out[f"auc_{name}_members"] = (
+            float(roc_auc_score(part["member"], part["score"])) if both else np.nan
+        )
+    return out
+
+
+def _poisoning_design(study: dict) -> str:
+    """The caption of a poisoning table: the schedule, the queries, the backdoor metrics."""
+    if study["poison_schedule"] == "fixed_subset":
+        schedule = (
+            "Schedule fixed_subset: a fixed, seeded subset of round(p N) training images is "
+            "poisoned in every epoch and the other images never, so clean members get all their "
+            "clean passes; poisoned members are never seen clean. *AUC, clean members* / *AUC, "
+            "poisoned members*: each group of members against all non-members (the clean model's "
+            "members are all clean)."
+        )
+    else:
+        schedule = (
+            "Schedule per_load (the study's): each load of each training image is poisoned with "
+            "probability p, so every image is poisoned in about a fraction p of its epochs and "
+            "members get about (1 - p) x the clean passes of the clean model's."
+        )
+    queries = "Attacks query clean images (victim and shadow)"
+    if study["query_trigger"]:
+        queries += (
+            "; *AUC, triggered query* (beyond the paper): the attacker writes the trigger into "
+            "the images it queries (victim and shadow; a poisoned victim's own trigger, the clean "
+            "victim's per row; the true masks stay clean; global loss keeps the shadow's clean "
+            "training-loss threshold)"
+        )
+    return (
+        f"{schedule} {queries}. Realised p: poisoned loads over all training loads. On fully "
+        "triggered validation images: target pixel agreement = fraction of pixels predicted as "
+        "the poisoned target; pred./true fg = predicted over true foreground mass; backdoor "
+        "success = 1 - min(pred./true fg, 1), the share of the foreground the trigger erases."
+    )
 
 
 def _ci_units(frame: pd.DataFrame) -> str:
@@ -374,10 +466,11 @@ def write_table(
         )
         return
     if kind == "poisoning":
-        wide = _wide(frame, "label", attacks)
-        lookup = frame.drop_duplicates("label").set_index("label")
-        wide.insert(1, "trigger", wide["label"].map(lookup["trigger"]))
-        wide.insert(2, "rate", wide["label"].map(lookup["rate"]))
+        clean = frame[frame["query"] == "clean"]
+        wide = _wide(clean, "case", attacks)
+        lookup = clean.drop_duplicates("case").set_index("case")
+        wide.insert(1, "trigger", wide["case"].map(lookup["trigger"]))
+        wide.insert(2, "rate", wide["case"].map(lookup["rate"]))
         if len(back):
             b = _stats(
                 back,
@@ -390,7 +483,35 @@ def write_table(
             if "poison_rate_realised" in victims
             else pd.Series(dtype=float)
         )
-        wide["realised_rate"] = wide["label"].map(lookup["variant"]).map(realised).fillna(0.0)
+        wide["realised_rate"] = wide["case"].map(lookup["variant"]).map(realised).fillna(0.0)
+        # AUC columns beside the clean-query ones: members split (fixed_subset), triggered query
+        splits = [c for c in ("auc_clean_members", "auc_poisoned_members") if c in frame]
+        extra_auc = {
+            c.removeprefix("auc_"): (clean, c, c.removeprefix("auc_").replace("_", " "))
+            for c in splits
+        }
+        if study["query_trigger"]:
+            extra_auc["triggered"] = (
+                frame[frame["query"] == "triggered"],
+                "auc",
+                "triggered query",
+            )
+        titles = {}
+        for name, (part, metric, what) in extra_auc.items():
+            for attack in attacks:
+                stats = _stats(part[part["attack"] == attack], ["case"], [metric])
+                column = f"{attack}_{name}_auc"
+                wide = wide.merge(
+                    stats.drop(columns="seeds").rename(
+                        columns={
+                            f"{metric}_mean": f"{column}_mean",
+                            f"{metric}_std": f"{column}_std",
+                        }
+                    ),
+                    on="case",
+                    how="left",
+                )
+                titles[column] = f"{ATTACK_LABELS.get(attack, attack)} AUC, {what}"
         extra = {
             "realised_rate": "realised p",
             "clean_dice_mean": "clean Dice",
@@ -398,17 +519,19 @@ def write_table(
             "target_agreement_mean": "target pixel agreement",
             "foreground_ratio_mean": "pred./true fg",
         }
+        formatted = _formatted(wide, "case", attacks, extra, seeds)
+        for column, title in titles.items():  # blank where undefined (no poisoned members)
+            formatted[title] = [
+                "" if pd.isna(a) else cell(a, b, seeds)
+                for a, b in zip(wide[f"{column}_mean"], wide[f"{column}_std"], strict=True)
+            ]
         _write(
             stem,
             wide,
-            _formatted(wide, "label", attacks, extra, seeds).rename(
-                columns={"label": "trigger, rate"}
-            ),
-            f"{study_name}: model poisoning (dishonest adversary)",
-            note + " Attacks query clean images. On fully triggered validation images: target pixel"
-            " agreement = fraction of pixels predicted as the poisoned target; pred./true fg ="
-            " predicted over true foreground mass; backdoor success = 1 - min(pred./true fg, 1),"
-            " the share of the foreground the trigger erases.",
+            formatted.rename(columns={"case": "trigger, rate"}),
+            f"{study_name}: model poisoning (dishonest adversary), "
+            f"{study['poison_schedule']} schedule",
+            note + " " + _poisoning_design(study),
         )
         return
     raise ValueError(f"no table for study type {kind!r}")
