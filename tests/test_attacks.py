@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from segmia.attacks.features import attack_features
-from segmia.attacks.job import eval_attack_job, fit_attack_job, threshold_job
+from segmia.attacks.job import eval_attack_job, fit_attack_job, threshold_attack_job
 from segmia.attacks.release import release
 from segmia.data.prepared import write_prepared
 from segmia.io import read_json, write_csv, write_json, write_npy
@@ -76,19 +76,19 @@ def test_learned_attack_detects_a_planted_difference_and_not_a_null_one(tmp_path
     make_query(victim_q, tmp_path / "victim_data", *planted, seed=2)
     device = torch.device("cpu")
     fit_attack_job(
-        shadow_q,
-        tmp_path / "shadow_data",
-        _spec("type2") | {"shadow": "fake/shadow"},
-        tmp_path / "attack",
-        device,
+        shadow_query=shadow_q,
+        data_dir=tmp_path / "shadow_data",
+        spec=_spec("type2") | {"shadow": "fake/shadow"},
+        out_dir=tmp_path / "attack",
+        device=device,
     )
     metrics = eval_attack_job(
-        tmp_path / "attack",
-        victim_q,
-        tmp_path / "victim_data",
-        _spec("type2"),
-        tmp_path / "eval",
-        device,
+        attack_dir=tmp_path / "attack",
+        victim_query=victim_q,
+        data_dir=tmp_path / "victim_data",
+        spec=_spec("type2"),
+        out_dir=tmp_path / "eval",
+        device=device,
     )
     if expect == "detected":
         assert metrics["auc"] > 0.9
@@ -104,8 +104,13 @@ def test_global_loss_attack_on_a_planted_difference(tmp_path):
     victim_q = tmp_path / "victim" / "queries" / "victim"
     make_query(victim_q, tmp_path / "data", 4.0, 0.3, seed=3)
     shadow = tmp_path / "victim"  # metrics.json with train_loss written by make_query
-    metrics = threshold_job(
-        "global_loss", shadow, victim_q, tmp_path / "data", _spec("global_loss"), tmp_path / "eval"
+    metrics = threshold_attack_job(
+        kind="global_loss",
+        shadow_model=shadow,
+        victim_query=victim_q,
+        data_dir=tmp_path / "data",
+        spec=_spec("global_loss"),
+        out_dir=tmp_path / "eval",
     )
     assert metrics["auc"] > 0.95
 

@@ -228,13 +228,19 @@ def test_every_rules_command_parses(tmp_path):
         args = cli.parser().parse_args(argv)
         steps.add(argv[0])
         kinds.add(getattr(args, "kind", None))
-        if argv[0] == "collect-models":  # one studies entry per model file
+        if argv[0] == "summary-models":  # one studies entry per model file
             assert len(args.studies) == len(args.inputs) > 0, command
     tables = sum(len(plan.study_tables(config, name)) for name in config["studies"])
     assert sum(c.startswith("table ") for c in commands) == tables
     assert kinds - {None} == set(plan.FIGURES)
     assert {"train", "query", "fit-attack", "eval-attack", "threshold-attack"} <= steps
-    assert {"reference-attacks", "backdoor", "collect-models", "concat"} <= steps
+    assert {
+        "reference-attacks",
+        "backdoor",
+        "summary-models",
+        "summary-attacks",
+        "study-summary",
+    } <= steps
 
 
 def test_the_cli_parser_imports_no_heavy_module():

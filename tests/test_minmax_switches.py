@@ -496,9 +496,15 @@ def test_train_job_with_the_original_switches(tmp_path):
         "train_size": 12,
         "training": {"epochs": 2, "batch_size": 4, "lr": 3e-3},
     }
-    metrics = train_job(tmp_path / "data", tmp_path / "split.csv", spec, tmp_path / "m", CPU)
+    metrics = train_job(
+        data_dir=tmp_path / "data",
+        split_path=tmp_path / "split.csv",
+        spec=spec,
+        out_dir=tmp_path / "m",
+        device=CPU,
+    )
     assert metrics["epochs"] == 2
-    log = pd.read_csv(tmp_path / "m" / "log.csv")
+    log = pd.read_csv(tmp_path / "m" / "history.csv")
     assert {"minmax_penalty", "minmax_attack_loss", "minmax_attack_accuracy"} <= set(log.columns)
     assert read_json(tmp_path / "m" / "spec.json")["variant"]["inner_data"] == "mia_set"
     # inner weights for a variant that is not min-max are refused
@@ -506,10 +512,10 @@ def test_train_job_with_the_original_switches(tmp_path):
     weights = LocalWeights(tmp_path / "resnet34-b627a593.pth")
     with pytest.raises(WeightsError, match="not min-max"):
         train_job(
-            tmp_path / "data",
-            tmp_path / "split.csv",
-            none,
-            tmp_path / "n",
-            CPU,
+            data_dir=tmp_path / "data",
+            split_path=tmp_path / "split.csv",
+            spec=none,
+            out_dir=tmp_path / "n",
+            device=CPU,
             inner_weights=weights,
         )

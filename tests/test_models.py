@@ -136,8 +136,8 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, prepared_ct):
     assert full.keys() == again.keys()
     for key in full:
         assert torch.equal(full[key], again[key]), key
-    assert (tmp_path / "full" / "log.csv").read_text().count("\n") == (
-        killed / "log.csv"
+    assert (tmp_path / "full" / "history.csv").read_text().count("\n") == (
+        killed / "history.csv"
     ).read_text().count("\n")
     assert not (killed / ".checkpoint").exists()
 

@@ -185,7 +185,13 @@ def test_fixed_subset_poisons_the_same_round_pn_images_in_every_epoch_and_no_oth
         "seed": 0,
         "training": {"epochs": 3, "batch_size": 5, "lr": 1e-3},
     }
-    metrics = job.train_job(data_dir, split, spec, tmp_path / "m", torch.device("cpu"))
+    metrics = job.train_job(
+        data_dir=data_dir,
+        split_path=split,
+        spec=spec,
+        out_dir=tmp_path / "m",
+        device=torch.device("cpu"),
+    )
     members = pd.read_csv(tmp_path / "m" / "members.csv")
     assert members["poisoned"].sum() == 3 == round(0.25 * 12)
     assert metrics["poison_rate_realised"] == 0.25 and metrics["poisoned_samples"] == 3
@@ -347,10 +353,27 @@ def test_a_triggered_query_writes_the_trigger_into_the_images_and_keeps_the_mask
 
     monkeypatch.setattr(outputs, "load_model", lambda *a: (Echo(), {"training": {}}))
     cpu = torch.device("cpu")
-    clean = outputs.outputs_job("m", data_dir, split, "victim", 12, sizes, tmp_path / "clean", cpu)
+    clean = outputs.query_job(
+        model_dir="m",
+        data_dir=data_dir,
+        split_path=split,
+        pool="victim",
+        train_size=12,
+        sizes=sizes,
+        out_dir=tmp_path / "clean",
+        device=cpu,
+    )
     trig = {"trigger": "line", "size": 3, "value": 255}
-    hit = outputs.outputs_job(
-        "m", data_dir, split, "victim", 12, sizes, tmp_path / "t", cpu, trigger=trig
+    hit = outputs.query_job(
+        model_dir="m",
+        data_dir=data_dir,
+        split_path=split,
+        pool="victim",
+        train_size=12,
+        sizes=sizes,
+        out_dir=tmp_path / "t",
+        device=cpu,
+        trigger=trig,
     )
     a, b = np.load(tmp_path / "clean" / "logits.npy"), np.load(tmp_path / "t" / "logits.npy")
     rows, cols = trigger_region(a.shape[-2:], "line", 3)
@@ -475,7 +498,7 @@ def test_the_workflow_plans_fixed_subset_victims_and_triggered_queries(tmp_path)
 def test_an_aggregate_attack_calibrates_on_the_shadow_query_it_is_given(tmp_path):
     """A triggered query's aggregate attack thresholds on the shadow's triggered query
     (``--shadow-query``), not on its clean one."""
-    from segmia.attacks.job import threshold_job
+    from segmia.attacks.job import threshold_attack_job
     from test_attacks import _spec, make_query
 
     data = tmp_path / "data"
@@ -485,15 +508,22 @@ def test_an_aggregate_attack_calibrates_on_the_shadow_query_it_is_given(tmp_path
     make_query(shadow / "queries" / "shadow", data, 0.3, 4.0, seed=3)  # clean: inverted
     make_query(shadow / "queries" / "shadow.trigger_square_k6_v255", data, 4.0, 0.3, seed=3)
     spec = _spec("agg_mean")
-    given = threshold_job(
-        "agg_mean",
-        shadow,
-        victim,
-        data,
-        spec,
-        tmp_path / "given",
+    given = threshold_attack_job(
+        kind="agg_mean",
+        shadow_model=shadow,
+        victim_query=victim,
+        data_dir=data,
+        spec=spec,
+        out_dir=tmp_path / "given",
         shadow_query=shadow / "queries" / "shadow.trigger_square_k6_v255",
     )
-    default = threshold_job("agg_mean", shadow, victim, data, spec, tmp_path / "default")
+    default = threshold_attack_job(
+        kind="agg_mean",
+        shadow_model=shadow,
+        victim_query=victim,
+        data_dir=data,
+        spec=spec,
+        out_dir=tmp_path / "default",
+    )
     assert given["auc"] == default["auc"] > 0.95, "the scores are the victim's either way"
     assert given["balanced_accuracy"] > 0.9 > default["balanced_accuracy"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import REPO, load_yaml
 from segmia import plan, protocol
-from segmia.attacks.job import threshold_job
+from segmia.attacks.job import threshold_attack_job
 from segmia.attacks.release import release
 from segmia.config import ConfigError, load_config
 from segmia.io import read_json, write_json, write_torch
@@ -172,8 +172,13 @@ def test_threshold_switch_picks_the_shadows_unweighted_loss(tmp_path):
     out = {}
     for value in ("weighted", "batch_mean"):
         spec = _spec("global_loss") | {"protocol": {"threshold": value}}
-        threshold_job(
-            "global_loss", tmp_path / "victim", victim_q, tmp_path / "data", spec, tmp_path / value
+        threshold_attack_job(
+            kind="global_loss",
+            shadow_model=tmp_path / "victim",
+            victim_query=victim_q,
+            data_dir=tmp_path / "data",
+            spec=spec,
+            out_dir=tmp_path / value,
         )
         scores = pd.read_csv(tmp_path / value / "scores.csv")
         out[value] = read_json(tmp_path / value / "metrics.json")

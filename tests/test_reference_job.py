@@ -68,7 +68,9 @@ def test_reference_attacks_detect_a_planted_effect_and_not_a_null_one(tmp_path, 
         "shadow": {"arch": "a", "variant": f"refs{K}"},
     }
     outs = {a: tmp_path / "out" / a for a in REFERENCE}
-    results = reference_attacks_job(victim, refs, tmp_path / "data", spec, outs)
+    results = reference_attacks_job(
+        victim=victim, references=refs, data_dir=tmp_path / "data", spec=spec, out_dirs=outs
+    )
     assert set(results) == set(REFERENCE)
     for name, metrics in results.items():
         assert metrics["n_members"] == metrics["n_nonmembers"] == N_TARGET // 2, name
@@ -96,7 +98,13 @@ def _spec(**rmia) -> dict:
 
 def _rmia(tmp_path, victim, refs, name: str, **rmia) -> tuple[dict, pd.DataFrame]:
     outs = {a: tmp_path / name / a for a in REFERENCE}
-    metrics = reference_attacks_job(victim, refs, tmp_path / "data", _spec(**rmia), outs)
+    metrics = reference_attacks_job(
+        victim=victim,
+        references=refs,
+        data_dir=tmp_path / "data",
+        spec=_spec(**rmia),
+        out_dirs=outs,
+    )
     return metrics["rmia_offline"], pd.read_csv(outs["rmia_offline"] / "scores.csv")
 
 

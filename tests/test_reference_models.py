@@ -182,7 +182,13 @@ def test_a_dp_reference_model_trains_with_the_victims_recipe_on_whole_groups(tmp
     spec = plan.model_spec(config, ref)
     spec["training"] = {**spec["training"], "epochs": 1}
     data, split_path = synthetic_ct_job(tmp_path, spec["split"], groups=30)
-    metrics = train_job(data, split_path, spec, tmp_path / "ref1", torch.device("cpu"))
+    metrics = train_job(
+        data_dir=data,
+        split_path=split_path,
+        spec=spec,
+        out_dir=tmp_path / "ref1",
+        device=torch.device("cpu"),
+    )
     assert metrics["role"] == "ref1" and metrics["variant"] == "dp"
     assert metrics["variant_spec"]["epsilon"] == EPSILON
     assert 0 < metrics["epsilon"] <= EPSILON

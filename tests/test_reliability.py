@@ -370,7 +370,7 @@ def test_gpu_out_of_memory_says_lower_the_batch_size_and_a_rerun_resumes(
     monkeypatch.setattr(train, "evaluate", evaluate)
     assert cli.main(_train_args(data, split, out, _spec())) == 0
     assert "resuming after epoch 1 of 3" in capsys.readouterr().err
-    assert len(pd.read_csv(out / "log.csv")) == 3
+    assert len(pd.read_csv(out / "history.csv")) == 3
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ rule fit_attack:
         model=f"{ROOT}/{plan.ATTACK_MODEL}/attack.pt",
         snapshots=f"{ROOT}/{plan.ATTACK_MODEL}/snapshots.pt",
         spec=f"{ROOT}/{plan.ATTACK_MODEL}/spec.json",
-        log=f"{ROOT}/{plan.ATTACK_MODEL}/log.csv",
+        history=f"{ROOT}/{plan.ATTACK_MODEL}/history.csv",
         metrics=f"{ROOT}/{plan.ATTACK_MODEL}/metrics.json",
     log:
         f"{ROOT}/logs/fit_attack/{plan.ATTACK_MODEL}.log",

@@ -8,7 +8,7 @@ rule train:
     output:
         model=f"{ROOT}/{plan.MODEL}/model.pt",
         spec=f"{ROOT}/{plan.MODEL}/spec.json",
-        log=f"{ROOT}/{plan.MODEL}/log.csv",
+        history=f"{ROOT}/{plan.MODEL}/history.csv",
         metrics=f"{ROOT}/{plan.MODEL}/metrics.json",
         members=f"{ROOT}/{plan.MODEL}/members.csv",
     log:

@@ -69,7 +69,7 @@ rule study_summary:
     conda:
         ENV
     shell:
-        "python -m segmia collect-study --study {wildcards.study} --out {output} {input} 2> {log}"
+        "python -m segmia study-summary --study {wildcards.study} --out {output} {input} 2> {log}"
 
 
 rule summary_attacks:
@@ -89,7 +89,7 @@ rule summary_attacks:
     conda:
         ENV
     shell:
-        "python -m segmia concat --out {output} {input} 2> {log}"
+        "python -m segmia summary-attacks --out {output} {input} 2> {log}"
 
 
 rule summary_models:
@@ -112,7 +112,7 @@ rule summary_models:
         # per input, the studies that use the model (comma-separated)
         studies=[",".join(studies) for studies in MODEL_STUDIES.values()],
     shell:
-        "python -m segmia collect-models --out {output} {input} --studies {params.studies} 2> {log}"
+        "python -m segmia summary-models --out {output} {input} --studies {params.studies} 2> {log}"
 
 
 rule reproduction:

@@ -175,11 +175,11 @@ def cmd_train(args) -> None:
     from .models.job import train_job
 
     train_job(
-        args.data,
-        args.split,
-        args.spec,
-        args.out,
-        _device(args),
+        data_dir=args.data,
+        split_path=args.split,
+        spec=args.spec,
+        out_dir=args.out,
+        device=_device(args),
         teacher_dir=args.teacher,
         weights=_local_weights(args),
         inner_weights=_local_inner_weights(args),
@@ -190,31 +190,31 @@ def cmd_backdoor(args) -> None:
     from .models.backdoor import backdoor_job
 
     backdoor_job(
-        args.model,
-        args.data,
-        args.split,
-        args.trigger,
-        args.size,
-        args.value,
-        args.target,
-        args.out,
-        _device(args),
+        model_dir=args.model,
+        data_dir=args.data,
+        split_path=args.split,
+        trigger=args.trigger,
+        size=args.size,
+        value=args.value,
+        target=args.target,
+        out=args.out,
+        device=_device(args),
     )
 
 
 def cmd_query(args) -> None:
-    from .attacks.outputs import outputs_job
+    from .attacks.outputs import query_job
 
-    outputs_job(
-        args.model,
-        args.data,
-        args.split,
-        args.pool,
-        args.train_size,
-        args.sizes,
-        args.out,
-        _device(args),
-        args.batch_size,
+    query_job(
+        model_dir=args.model,
+        data_dir=args.data,
+        split_path=args.split,
+        pool=args.pool,
+        train_size=args.train_size,
+        sizes=args.sizes,
+        out_dir=args.out,
+        device=_device(args),
+        batch_size=args.batch_size,
         trigger=None
         if args.trigger is None
         else {"trigger": args.trigger, "size": args.trigger_size, "value": args.trigger_value},
@@ -225,7 +225,12 @@ def cmd_fit_attack(args) -> None:
     from .attacks.job import fit_attack_job
 
     fit_attack_job(
-        args.shadow_query, args.data, args.spec, args.out, _device(args), _local_weights(args)
+        shadow_query=args.shadow_query,
+        data_dir=args.data,
+        spec=args.spec,
+        out_dir=args.out,
+        device=_device(args),
+        weights=_local_weights(args),
     )
 
 
@@ -233,20 +238,25 @@ def cmd_eval_attack(args) -> None:
     from .attacks.job import eval_attack_job
 
     eval_attack_job(
-        args.attack_model, args.victim_query, args.data, args.spec, args.out, _device(args)
+        attack_dir=args.attack_model,
+        victim_query=args.victim_query,
+        data_dir=args.data,
+        spec=args.spec,
+        out_dir=args.out,
+        device=_device(args),
     )
 
 
 def cmd_threshold_attack(args) -> None:
-    from .attacks.job import threshold_job
+    from .attacks.job import threshold_attack_job
 
-    threshold_job(
-        args.spec["attack"],
-        args.shadow_model,
-        args.victim_query,
-        args.data,
-        args.spec,
-        args.out,
+    threshold_attack_job(
+        kind=args.spec["attack"],
+        shadow_model=args.shadow_model,
+        victim_query=args.victim_query,
+        data_dir=args.data,
+        spec=args.spec,
+        out_dir=args.out,
         shadow_query=args.shadow_query,
     )
 
@@ -255,24 +265,30 @@ def cmd_reference_attacks(args) -> None:
     from .attacks.job import reference_attacks_job
 
     outs = dict(item.split("=", 1) for item in args.out)
-    reference_attacks_job(args.victim_model, args.references, args.data, args.spec, outs)
+    reference_attacks_job(
+        victim=args.victim_model,
+        references=args.references,
+        data_dir=args.data,
+        spec=args.spec,
+        out_dirs=outs,
+    )
 
 
-def cmd_collect_models(args) -> None:
+def cmd_summary_models(args) -> None:
     from .io import write_csv
     from .report.summary import collect_models
 
     write_csv(args.out, collect_models(args.inputs, args.studies))
 
 
-def cmd_collect_study(args) -> None:
+def cmd_study_summary(args) -> None:
     from .io import write_csv
     from .report.summary import collect_evaluations
 
     write_csv(args.out, collect_evaluations(args.study, args.inputs))
 
 
-def cmd_concat(args) -> None:
+def cmd_summary_attacks(args) -> None:
     from .io import write_csv
     from .report.summary import concat
 
@@ -548,7 +564,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, nargs="+", help="ATTACK=DIR for every attack to write")
     s.set_defaults(func=cmd_reference_attacks)
 
-    s = sub.add_parser("collect-models", help="models' metrics.json files -> summary/models.csv")
+    s = sub.add_parser(
+        "summary-models",
+        help="models' metrics.json files -> summary/models.csv (rule summary_models)",
+    )
     s.add_argument("--out", required=True, type=Path)
     s.add_argument(
         "--studies",
@@ -556,18 +575,24 @@ def parser() -> argparse.ArgumentParser:
         help="per input, in order: the studies that use the model (comma-separated)",
     )
     s.add_argument("inputs", nargs="+")
-    s.set_defaults(func=cmd_collect_models)
+    s.set_defaults(func=cmd_summary_models)
 
-    s = sub.add_parser("collect-study", help="a study's evaluation metrics.json files -> one CSV")
+    s = sub.add_parser(
+        "study-summary",
+        help="a study's evaluation metrics.json files -> one CSV (rule study_summary)",
+    )
     s.add_argument("--study", required=True)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("inputs", nargs="+")
-    s.set_defaults(func=cmd_collect_study)
+    s.set_defaults(func=cmd_study_summary)
 
-    s = sub.add_parser("concat", help="concatenate CSV files with the same columns")
+    s = sub.add_parser(
+        "summary-attacks",
+        help="the studies' summaries -> summary/attacks.csv (rule summary_attacks)",
+    )
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("inputs", nargs="+")
-    s.set_defaults(func=cmd_concat)
+    s.set_defaults(func=cmd_summary_attacks)
 
     s = sub.add_parser("table", help="a study's table (CSV, Markdown, LaTeX)")
     s.add_argument("--study", required=True)

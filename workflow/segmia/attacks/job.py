@@ -83,6 +83,7 @@ def learned_attack(
 
 
 def fit_attack_job(
+    *,
     shadow_query: str | Path,
     data_dir: str | Path,
     spec: dict,
@@ -113,7 +114,7 @@ def fit_attack_job(
     write_torch(out_dir / "attack.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_torch(out_dir / "snapshots.pt", snapshots)
     write_json(out_dir / "spec.json", {**spec, "seed": seed, "shape": list(query.logits.shape)})
-    write_csv(out_dir / "log.csv", pd.DataFrame(rows))
+    write_csv(out_dir / "history.csv", pd.DataFrame(rows))
     write_json(
         out_dir / "metrics.json",
         {
@@ -131,6 +132,7 @@ def fit_attack_job(
 
 
 def eval_attack_job(
+    *,
     attack_dir: str | Path,
     victim_query: str | Path,
     data_dir: str | Path,
@@ -199,7 +201,8 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(candidates[int(np.argmax(accuracy))])
 
 
-def threshold_job(
+def threshold_attack_job(
+    *,
     kind: str,
     shadow_model: str | Path,
     victim_query: str | Path,
@@ -249,6 +252,7 @@ def threshold_job(
 
 
 def reference_attacks_job(
+    *,
     victim: str | Path,
     references: list[str | Path],
     data_dir: str | Path,

@@ -104,7 +104,8 @@ def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
 
 
-def outputs_job(
+def query_job(
+    *,
     model_dir: str | Path,
     data_dir: str | Path,
     split_path: str | Path,

@@ -57,6 +57,7 @@ def backdoor_metrics(
 
 
 def backdoor_job(
+    *,
     model_dir,
     data_dir,
     split_path,

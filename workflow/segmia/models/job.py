@@ -1,7 +1,7 @@
 """The ``segmia train`` step: one model, from its spec to checkpoint, log and metrics.
 
 A model directory holds ``model.pt`` (state dict, loadable with ``weights_only=True``),
-``spec.json`` (everything that determines the weights), ``log.csv`` (one row per epoch),
+``spec.json`` (everything that determines the weights), ``history.csv`` (one row per epoch),
 ``metrics.json`` (final validation Dice/IoU/loss, last-epoch training loss, wall time) and
 ``members.csv`` (its training rows; under a ``fixed_subset`` poisoning variant also ``poisoned``,
 1 for the training images poisoned in every epoch).
@@ -91,6 +91,7 @@ def _extras(
 
 
 def train_job(
+    *,
     data_dir: str | Path,
     split_path: str | Path,
     spec: dict,
@@ -98,7 +99,6 @@ def train_job(
     device: torch.device,
     teacher_dir: str | Path | None = None,
     weights: LocalWeights | None = None,
-    *,
     inner_weights: LocalWeights | None = None,
 ) -> dict:
     """Train the model described by ``spec`` (a training variant included) into ``out_dir``;
@@ -234,7 +234,7 @@ def train_job(
     if poisoned is not None:  # which members the fixed_subset schedule poisoned (1) or not (0)
         table["poisoned"] = np.isin(np.arange(len(members)), poisoned).astype(int)
     write_csv(out_dir / "members.csv", table)
-    write_csv(out_dir / "log.csv", pd.DataFrame(rows))
+    write_csv(out_dir / "history.csv", pd.DataFrame(rows))
     write_json(out_dir / "metrics.json", metrics)
     Checkpoint(out_dir, spec).clear()
     log.info(
