@@ -188,3 +188,16 @@ def test_every_command_of_the_readme_table_runs_as_written(tmp_path):
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         ran += 1
     assert ran >= 6
+
+
+def test_every_rule_has_a_one_line_docstring():
+    """`snakemake --list-rules` shows what each rule does."""
+    import re
+
+    rules = {}
+    for path in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
+        for name, doc in re.findall(r"^rule (\w+):\n(.*)$", path.read_text(), re.M):
+            rules[name] = doc.strip()
+    assert len(rules) >= 20, sorted(rules)
+    missing = [n for n, doc in rules.items() if not re.fullmatch(r'"""[^"\n]+"""', doc)]
+    assert not missing, missing

@@ -1,4 +1,5 @@
 rule fit_attack:
+    """Train a learned attack (Type-I/II, loss map) on a shadow model's MIA-set outputs."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         unpack(attack_weights),
@@ -38,6 +39,7 @@ rule fit_attack:
 
 
 rule eval_attack:
+    """Score a victim's MIA set with a fitted learned attack: scores, metrics, null control."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         attack=lambda w: f"{ROOT}/{evaluation_of(w).attack_model()}/attack.pt",
@@ -70,6 +72,7 @@ rule eval_attack:
 
 
 rule threshold_attack:
+    """Global-loss or loss-aggregate threshold attack on a victim's MIA set."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         shadow=lambda w: f"{ROOT}/{shadow_of(w).path()}/metrics.json",
@@ -101,6 +104,7 @@ rule threshold_attack:
 
 
 rule reference_attacks:
+    """LiRA and RMIA on a victim with its K reference models (one job, every variant)."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         unpack(reference_inputs),

@@ -1,4 +1,5 @@
 rule train:
+    """Train one segmentation model (victim, shadow or reference; any training variant)."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         unpack(teacher_input),
@@ -37,6 +38,7 @@ rule train:
 
 
 rule query:
+    """Run a trained model over one query pool and store its logits (the attacks' input)."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         split=split_file,
@@ -67,6 +69,7 @@ rule query:
 
 
 rule query_triggered:
+    """Query a model with the poisoning trigger written into the images (masks clean)."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         split=split_file,
@@ -102,6 +105,7 @@ rule query_triggered:
 
 
 rule backdoor:
+    """Backdoor metrics of a (poisoned or clean) victim on fully triggered validation images."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         split=split_file,
