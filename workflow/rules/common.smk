@@ -6,7 +6,7 @@ from pathlib import Path
 
 from segmia import plan
 from segmia.attacks import names
-from segmia.config import PUBLIC_SOURCES, REFERENCE_SETTINGS, load_config
+from segmia.config import PUBLIC_SOURCES, load_config
 from segmia.data.names import QUERY_POOLS
 from segmia.models.poisoning import TARGETS, TRIGGERS
 from segmia.hardware import gpu_visible
@@ -224,9 +224,7 @@ def reference_evaluation(attack):
 
 
 def reference_models(w):
-    return plan.references(
-        plan.Model(w.dataset, "reference", w.sarch, w.refset, int(w.size), int(w.seed))
-    )
+    return plan.references(reference_set_of(w))
 
 
 def reference_inputs(w):
@@ -239,25 +237,13 @@ def reference_inputs(w):
     return files
 
 
+def reference_set_of(w):
+    """The reference-set identity of a reference attack's wildcards (plan.references)."""
+    return plan.Model(w.dataset, "reference", w.sarch, w.refset, int(w.size), int(w.seed))
+
+
 def reference_spec(w):
-    study = next(
-        s
-        for s in CFG["studies"].values()
-        if s["type"] == "attack_comparison" and s["dataset"] == w.dataset
-    )
-    return as_json(
-        {
-            "dataset": w.dataset,
-            "attack": "reference",
-            "release_name": w.release,
-            "release": plan.release_spec(CFG, w.release),
-            "seed": int(w.seed),
-            "train_size": int(w.size),
-            "victim": {"arch": w.varch, "variant": w.vvariant},
-            "shadow": {"arch": w.sarch, "variant": w.refset},
-            **{key: study[key] for key in REFERENCE_SETTINGS},
-        }
-    )
+    return as_json(plan.reference_spec(CFG, victim_of(w), reference_set_of(w), w.release))
 
 
 def evaluation_of(w):

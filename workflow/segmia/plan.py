@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from . import protocol
 from .attacks import names
-from .config import RELEASE_DEFENCES, study_seeds
+from .config import REFERENCE_SETTINGS, RELEASE_DEFENCES, study_seeds
 from .data.names import REFERENCE_POOL, reference_unit
 from .models.poisoning import DEFAULT_SCHEDULE, TRIGGERS
 
@@ -485,6 +485,28 @@ def teacher(model: Model) -> Model:
     _, switches = protocol.split_variant(model.variant)
     variant = protocol.model_variant("none", switches)
     return Model(model.dataset, model.role, model.arch, variant, model.size, model.seed)
+
+
+def reference_spec(config: dict, victim: Model, reference_set: Model, release: str) -> dict:
+    """The JSON the reference-attacks job receives: the victim, its reference set and release,
+    and the dataset's reference-attack settings (its attack-comparison studies agree on them,
+    which the config check enforces)."""
+    study = next(
+        s
+        for s in config["studies"].values()
+        if s["type"] == "attack_comparison" and s["dataset"] == victim.dataset
+    )
+    return {
+        "dataset": victim.dataset,
+        "attack": "reference",
+        "release_name": release,
+        "release": release_spec(config, release),
+        "seed": victim.seed,
+        "train_size": victim.size,
+        "victim": {"arch": victim.arch, "variant": victim.variant},
+        "shadow": {"arch": reference_set.arch, "variant": reference_set.variant},
+        **{key: study[key] for key in REFERENCE_SETTINGS},
+    }
 
 
 def evaluation_spec(config: dict, ev: Evaluation) -> dict:
