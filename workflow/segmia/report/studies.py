@@ -7,6 +7,7 @@ epsilon, a poison rate and trigger); tables show mean (± standard deviation ove
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -294,18 +295,42 @@ def _logs_note(reference: str | None) -> str:
     )
 
 
-def write_table(
-    study_name: str, study: dict, table: str, evaluations, models, backdoors, stem: str | Path
-) -> None:
-    stem = Path(stem)
-    frame, victims, back = load(study_name, study, evaluations, models, backdoors)
-    kind, attacks = study["type"], study["attacks"]
-    seeds = int(frame.groupby(["label", "attack"]).size().max())
-    note = f"Dataset `{study['dataset']}`; mean ± standard deviation over {seeds} seed(s); chance AUC 0.5."
-    n = int(frame["n_nonmembers"].min())
-    unresolved = _unresolved(n)
+@dataclass
+class _Table:
+    """What every study type's table writer reads: the study, its collected rows, where to
+    write, and the note every table starts with."""
 
-    def _write(stem, numeric, formatted, title, note):  # "n/a" where the FPR is not resolvable
+    study_name: str
+    study: dict
+    table: str
+    frame: pd.DataFrame
+    victims: pd.DataFrame
+    back: pd.DataFrame
+    stem: Path
+
+    @property
+    def attacks(self) -> list[str]:
+        return self.study["attacks"]
+
+    @property
+    def reference(self) -> str | None:
+        return self.study.get("paper")
+
+    @property
+    def seeds(self) -> int:
+        return int(self.frame.groupby(["label", "attack"]).size().max())
+
+    @property
+    def note(self) -> str:
+        return (
+            f"Dataset `{self.study['dataset']}`; mean ± standard deviation over {self.seeds} "
+            "seed(s); chance AUC 0.5."
+        )
+
+    def write(self, numeric: pd.DataFrame, formatted: pd.DataFrame, title: str, note: str) -> None:
+        """CSV, Markdown and LaTeX; "n/a" where the FPR is not resolvable, and the null note."""
+        n = int(self.frame["n_nonmembers"].min())
+        unresolved = _unresolved(n)
         for column in formatted.columns:
             if any(SHORT[m] in column for m in unresolved):
                 formatted[column] = "n/a"
@@ -317,224 +342,283 @@ def write_table(
             )
         if any(SHORT["null_auc"] in column for column in formatted.columns):
             note += " " + NULL_NOTE
-        write_study_table(stem, numeric, formatted, title, note)
+        write_study_table(self.stem, numeric, formatted, title, note)
 
-    reference = study.get("paper")
-    if kind == "architectures":
-        title = f"{study_name}: {ATTACK_LABELS.get(table, table)} attack, victim (rows) x shadow (columns)"
-        write_grid_tables(
-            frame,
-            stem,
-            title,
-            reference=paper.architecture_grid(reference, table),
-            reference_title=paper.REFERENCES.get(reference, ""),
-        )
-        return
-    if kind == "protocol_ablation":
-        numeric = ablation.changes(frame, study)
-        _write(
-            stem,
-            numeric,
-            ablation.formatted(numeric),
-            f"{study_name}: what each protocol switch changes",
-            ablation.note(study, seeds),
-        )
-        return
-    if kind == "training_sizes":
-        wide = _wide(frame, "train_size", attacks)
-        formatted = _formatted(wide, "train_size", attacks, {}, seeds).rename(
-            columns={"train_size": "training-set size N"}
-        )
-        for attack, logged in paper.size_accuracy(reference).items():
-            if attack in attacks:
-                wide[f"paper_{attack}_accuracy"] = wide["train_size"].map(logged)
-                formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
-                    ("" if pd.isna(v) else f"{v:.3f}") for v in wide[f"paper_{attack}_accuracy"]
-                ]
-        _write(
-            stem,
-            wide,
-            formatted,
-            f"{study_name}: attack vs training-set size",
-            note + _logs_note(reference),
-        )
-        return
-    if kind == "defences":
-        utility = _utility(victims)
-        wide = _wide(frame, "label", attacks)
-        variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
-        wide = wide.merge(
-            utility, left_on=wide["label"].map(variant_of), right_on="variant", how="left"
-        ).drop(columns=["key_0"], errors="ignore")
-        extra = {
-            "val_dice_mean": "val. Dice",
-            "val_iou_mean": "val. IoU",
-            "relative_cost": "cost vs none",
-            "spent_epsilon": "spent ε",
-        }
-        formatted = _formatted(wide, "label", attacks, extra, seeds).rename(
-            columns={"label": "defence"}
-        )
-        types = study.get("defence_types", {})
-        for attack, logged in paper.defence_accuracy(reference).items():
-            if attack in attacks:
-                values = [logged.get(types.get(d, d)) for d in wide["label"]]
-                wide[f"paper_{attack}_accuracy"] = values
-                formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
-                    "" if v is None else f"{v:.3f}" for v in values
-                ]
-        _write(
-            stem,
-            wide,
-            formatted,
-            f"{study_name}: defences (privacy and utility)",
-            note + " Argmax and output noise post-process the outputs of the undefended victim (and"
-            " of the shadow); the other defences are training variants of the victim."
-            + _logs_note(reference),
-        )
-        return
-    if kind == "dp_sweep":
-        wide = _wide(frame, "label", attacks)
-        variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
-        wide = wide.merge(
-            _utility(victims), left_on=wide["label"].map(variant_of), right_on="variant", how="left"
-        ).drop(columns=["key_0"], errors="ignore")
-        extra = {
-            "spent_epsilon": "spent ε",
-            "val_dice_mean": "val. Dice",
-            "val_iou_mean": "val. IoU",
-            "relative_cost": "cost vs none",
-        }
-        _write(
-            stem,
-            wide,
-            _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "target ε"}),
-            f"{study_name}: DP-SGD epsilon sweep",
-            note + " Spent ε as reported by the Opacus accountant at δ = 1/N unless configured.",
-        )
-        return
-    if kind == "attack_comparison":
-        order = {a: i for i, a in enumerate(attacks)}
-        frame = frame.sort_values(["attack", "seed"], key=_attack_order(order), kind="stable")
-        metrics = ["auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "null_auc"]
-        stats = _stats(frame, ["attack", "label"], metrics).merge(
-            null_flags(frame, ["attack", "label"]).reset_index(), on=["attack", "label"]
-        )
-        # every seed's own interval: a victim per seed, so the intervals are not averaged
-        intervals = frame.groupby(["attack", "label"], sort=False).apply(
-            _seed_intervals, include_groups=False
-        )
-        stats = stats.merge(intervals.reset_index(), on=["attack", "label"])
-        # the numbers: one row per attack, defence and seed, with each seed's intervals
-        numeric = frame[
-            ["attack", "label", "seed", *metrics, *(c for c in frame if "_ci_" in c)]
-            + ["null_excludes_chance", "ci_unit", "ci_groups"]
-        ].rename(columns={"label": "defence"})
-        numeric.insert(1, "family", numeric["attack"].map(FAMILY))
-        attack_order = list(dict.fromkeys(stats["attack"]))
-        formatted = pd.DataFrame({"attack": [ATTACK_LABELS.get(a, a) for a in attack_order]})
-        formatted.insert(1, "family", [FAMILY.get(a, "") for a in attack_order])
-        for defence in dict.fromkeys(stats["label"]):
-            sub = stats[stats["label"] == defence].set_index("attack").reindex(attack_order)
-            formatted[f"{defence}: AUC [95% CI]"] = [
-                f"{cell(m, sd, seeds)} {ci}"
-                for m, sd, ci in zip(sub["auc_mean"], sub["auc_std"], sub["intervals"], strict=True)
+
+def _architectures_table(t: _Table) -> None:
+    study_name, table, frame, stem, reference = t.study_name, t.table, t.frame, t.stem, t.reference
+    title = (
+        f"{study_name}: {ATTACK_LABELS.get(table, table)} attack, victim (rows) x shadow (columns)"
+    )
+    write_grid_tables(
+        frame,
+        stem,
+        title,
+        reference=paper.architecture_grid(reference, table),
+        reference_title=paper.REFERENCES.get(reference, ""),
+    )
+
+
+def _protocol_ablation_table(t: _Table) -> None:
+    study_name, study, frame, seeds = t.study_name, t.study, t.frame, t.seeds
+    numeric = ablation.changes(frame, study)
+    t.write(
+        numeric,
+        ablation.formatted(numeric),
+        f"{study_name}: what each protocol switch changes",
+        ablation.note(study, seeds),
+    )
+
+
+def _training_sizes_table(t: _Table) -> None:
+    study_name, frame, attacks, seeds, note, reference = (
+        t.study_name,
+        t.frame,
+        t.attacks,
+        t.seeds,
+        t.note,
+        t.reference,
+    )
+    wide = _wide(frame, "train_size", attacks)
+    formatted = _formatted(wide, "train_size", attacks, {}, seeds).rename(
+        columns={"train_size": "training-set size N"}
+    )
+    for attack, logged in paper.size_accuracy(reference).items():
+        if attack in attacks:
+            wide[f"paper_{attack}_accuracy"] = wide["train_size"].map(logged)
+            formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
+                ("" if pd.isna(v) else f"{v:.3f}") for v in wide[f"paper_{attack}_accuracy"]
             ]
-            for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"):
-                formatted[f"{defence}: {SHORT[m]}"] = [
-                    cell(a, b, seeds)
-                    for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
-                ]
-            formatted[f"{defence}: {SHORT['null_auc']} [95% CI]"] = [
-                f"{null_cell(m, sd, seeds, flag)} {ci}"
-                for m, sd, flag, ci in zip(
-                    sub["null_auc_mean"],
-                    sub["null_auc_std"],
-                    sub["null_flag"],
-                    sub["null_intervals"],
-                    strict=True,
-                )
+    t.write(
+        wide,
+        formatted,
+        f"{study_name}: attack vs training-set size",
+        note + _logs_note(reference),
+    )
+
+
+def _defences_table(t: _Table) -> None:
+    study_name, study, frame, victims, attacks, seeds, note, reference = (
+        t.study_name,
+        t.study,
+        t.frame,
+        t.victims,
+        t.attacks,
+        t.seeds,
+        t.note,
+        t.reference,
+    )
+    utility = _utility(victims)
+    wide = _wide(frame, "label", attacks)
+    variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
+    wide = wide.merge(
+        utility, left_on=wide["label"].map(variant_of), right_on="variant", how="left"
+    ).drop(columns=["key_0"], errors="ignore")
+    extra = {
+        "val_dice_mean": "val. Dice",
+        "val_iou_mean": "val. IoU",
+        "relative_cost": "cost vs none",
+        "spent_epsilon": "spent ε",
+    }
+    formatted = _formatted(wide, "label", attacks, extra, seeds).rename(
+        columns={"label": "defence"}
+    )
+    types = study.get("defence_types", {})
+    for attack, logged in paper.defence_accuracy(reference).items():
+        if attack in attacks:
+            values = [logged.get(types.get(d, d)) for d in wide["label"]]
+            wide[f"paper_{attack}_accuracy"] = values
+            formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
+                "" if v is None else f"{v:.3f}" for v in values
             ]
-        _write(
-            stem,
-            numeric,
-            formatted,
-            f"{study_name}: attack comparison",
-            note
-            + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}), each seed's"
-            " own interval (one victim per seed; the CSV has one row per seed).",
-        )
-        return
-    if kind == "poisoning":
-        clean = frame[frame["query"] == "clean"]
-        wide = _wide(clean, "case", attacks)
-        lookup = clean.drop_duplicates("case").set_index("case")
-        wide.insert(1, "trigger", wide["case"].map(lookup["trigger"]))
-        wide.insert(2, "rate", wide["case"].map(lookup["rate"]))
-        if len(back):
-            b = _stats(
-                back,
-                ["trigger", "rate"],
-                ["backdoor_success", "target_agreement", "foreground_ratio", "clean_dice"],
-            ).drop(columns="seeds")
-            wide = wide.merge(b, on=["trigger", "rate"], how="left")
-        realised = (
-            victims.groupby("variant")["poison_rate_realised"].mean()
-            if "poison_rate_realised" in victims
-            else pd.Series(dtype=float)
-        )
-        wide["realised_rate"] = wide["case"].map(lookup["variant"]).map(realised).fillna(0.0)
-        # AUC columns beside the clean-query ones: members split (fixed_subset), triggered query
-        splits = [c for c in ("auc_clean_members", "auc_poisoned_members") if c in frame]
-        extra_auc = {
-            c.removeprefix("auc_"): (clean, c, c.removeprefix("auc_").replace("_", " "))
-            for c in splits
-        }
-        if study["query_trigger"]:
-            extra_auc["triggered"] = (
-                frame[frame["query"] == "triggered"],
-                "auc",
-                "triggered query",
+    t.write(
+        wide,
+        formatted,
+        f"{study_name}: defences (privacy and utility)",
+        note + " Argmax and output noise post-process the outputs of the undefended victim (and"
+        " of the shadow); the other defences are training variants of the victim."
+        + _logs_note(reference),
+    )
+
+
+def _dp_sweep_table(t: _Table) -> None:
+    study_name, frame, victims, attacks, seeds, note = (
+        t.study_name,
+        t.frame,
+        t.victims,
+        t.attacks,
+        t.seeds,
+        t.note,
+    )
+    wide = _wide(frame, "label", attacks)
+    variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
+    wide = wide.merge(
+        _utility(victims), left_on=wide["label"].map(variant_of), right_on="variant", how="left"
+    ).drop(columns=["key_0"], errors="ignore")
+    extra = {
+        "spent_epsilon": "spent ε",
+        "val_dice_mean": "val. Dice",
+        "val_iou_mean": "val. IoU",
+        "relative_cost": "cost vs none",
+    }
+    t.write(
+        wide,
+        _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "target ε"}),
+        f"{study_name}: DP-SGD epsilon sweep",
+        note + " Spent ε as reported by the Opacus accountant at δ = 1/N unless configured.",
+    )
+
+
+def _attack_comparison_table(t: _Table) -> None:
+    study_name, frame, attacks, seeds, note = t.study_name, t.frame, t.attacks, t.seeds, t.note
+    order = {a: i for i, a in enumerate(attacks)}
+    frame = frame.sort_values(["attack", "seed"], key=_attack_order(order), kind="stable")
+    metrics = ["auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "null_auc"]
+    stats = _stats(frame, ["attack", "label"], metrics).merge(
+        null_flags(frame, ["attack", "label"]).reset_index(), on=["attack", "label"]
+    )
+    # every seed's own interval: a victim per seed, so the intervals are not averaged
+    intervals = frame.groupby(["attack", "label"], sort=False).apply(
+        _seed_intervals, include_groups=False
+    )
+    stats = stats.merge(intervals.reset_index(), on=["attack", "label"])
+    # the numbers: one row per attack, defence and seed, with each seed's intervals
+    numeric = frame[
+        ["attack", "label", "seed", *metrics, *(c for c in frame if "_ci_" in c)]
+        + ["null_excludes_chance", "ci_unit", "ci_groups"]
+    ].rename(columns={"label": "defence"})
+    numeric.insert(1, "family", numeric["attack"].map(FAMILY))
+    attack_order = list(dict.fromkeys(stats["attack"]))
+    formatted = pd.DataFrame({"attack": [ATTACK_LABELS.get(a, a) for a in attack_order]})
+    formatted.insert(1, "family", [FAMILY.get(a, "") for a in attack_order])
+    for defence in dict.fromkeys(stats["label"]):
+        sub = stats[stats["label"] == defence].set_index("attack").reindex(attack_order)
+        formatted[f"{defence}: AUC [95% CI]"] = [
+            f"{cell(m, sd, seeds)} {ci}"
+            for m, sd, ci in zip(sub["auc_mean"], sub["auc_std"], sub["intervals"], strict=True)
+        ]
+        for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"):
+            formatted[f"{defence}: {SHORT[m]}"] = [
+                cell(a, b, seeds) for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
+            ]
+        formatted[f"{defence}: {SHORT['null_auc']} [95% CI]"] = [
+            f"{null_cell(m, sd, seeds, flag)} {ci}"
+            for m, sd, flag, ci in zip(
+                sub["null_auc_mean"],
+                sub["null_auc_std"],
+                sub["null_flag"],
+                sub["null_intervals"],
+                strict=True,
             )
-        titles = {}
-        for name, (part, metric, what) in extra_auc.items():
-            for attack in attacks:
-                stats = _stats(part[part["attack"] == attack], ["case"], [metric])
-                column = f"{attack}_{name}_auc"
-                wide = wide.merge(
-                    stats.drop(columns="seeds").rename(
-                        columns={
-                            f"{metric}_mean": f"{column}_mean",
-                            f"{metric}_std": f"{column}_std",
-                        }
-                    ),
-                    on="case",
-                    how="left",
-                )
-                titles[column] = f"{ATTACK_LABELS.get(attack, attack)} AUC, {what}"
-        extra = {
-            "realised_rate": "realised p",
-            "clean_dice_mean": "clean Dice",
-            "backdoor_success_mean": "backdoor success",
-            "target_agreement_mean": "target pixel agreement",
-            "foreground_ratio_mean": "pred./true fg",
-        }
-        formatted = _formatted(wide, "case", attacks, extra, seeds)
-        for column, title in titles.items():  # blank where undefined (no poisoned members)
-            formatted[title] = [
-                "" if pd.isna(a) else cell(a, b, seeds)
-                for a, b in zip(wide[f"{column}_mean"], wide[f"{column}_std"], strict=True)
-            ]
-        _write(
-            stem,
-            wide,
-            formatted.rename(columns={"case": "trigger, rate"}),
-            f"{study_name}: model poisoning (dishonest adversary), "
-            f"{study['poison_schedule']} schedule",
-            note + " " + _poisoning_design(study),
+        ]
+    t.write(
+        numeric,
+        formatted,
+        f"{study_name}: attack comparison",
+        note + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}), each seed's"
+        " own interval (one victim per seed; the CSV has one row per seed).",
+    )
+
+
+def _poisoning_table(t: _Table) -> None:
+    study_name, study, frame, victims, back, attacks, seeds, note = (
+        t.study_name,
+        t.study,
+        t.frame,
+        t.victims,
+        t.back,
+        t.attacks,
+        t.seeds,
+        t.note,
+    )
+    clean = frame[frame["query"] == "clean"]
+    wide = _wide(clean, "case", attacks)
+    lookup = clean.drop_duplicates("case").set_index("case")
+    wide.insert(1, "trigger", wide["case"].map(lookup["trigger"]))
+    wide.insert(2, "rate", wide["case"].map(lookup["rate"]))
+    if len(back):
+        b = _stats(
+            back,
+            ["trigger", "rate"],
+            ["backdoor_success", "target_agreement", "foreground_ratio", "clean_dice"],
+        ).drop(columns="seeds")
+        wide = wide.merge(b, on=["trigger", "rate"], how="left")
+    realised = (
+        victims.groupby("variant")["poison_rate_realised"].mean()
+        if "poison_rate_realised" in victims
+        else pd.Series(dtype=float)
+    )
+    wide["realised_rate"] = wide["case"].map(lookup["variant"]).map(realised).fillna(0.0)
+    # AUC columns beside the clean-query ones: members split (fixed_subset), triggered query
+    splits = [c for c in ("auc_clean_members", "auc_poisoned_members") if c in frame]
+    extra_auc = {
+        c.removeprefix("auc_"): (clean, c, c.removeprefix("auc_").replace("_", " ")) for c in splits
+    }
+    if study["query_trigger"]:
+        extra_auc["triggered"] = (
+            frame[frame["query"] == "triggered"],
+            "auc",
+            "triggered query",
         )
-        return
-    raise ValueError(f"no table for study type {kind!r}")
+    titles = {}
+    for name, (part, metric, what) in extra_auc.items():
+        for attack in attacks:
+            stats = _stats(part[part["attack"] == attack], ["case"], [metric])
+            column = f"{attack}_{name}_auc"
+            wide = wide.merge(
+                stats.drop(columns="seeds").rename(
+                    columns={
+                        f"{metric}_mean": f"{column}_mean",
+                        f"{metric}_std": f"{column}_std",
+                    }
+                ),
+                on="case",
+                how="left",
+            )
+            titles[column] = f"{ATTACK_LABELS.get(attack, attack)} AUC, {what}"
+    extra = {
+        "realised_rate": "realised p",
+        "clean_dice_mean": "clean Dice",
+        "backdoor_success_mean": "backdoor success",
+        "target_agreement_mean": "target pixel agreement",
+        "foreground_ratio_mean": "pred./true fg",
+    }
+    formatted = _formatted(wide, "case", attacks, extra, seeds)
+    for column, title in titles.items():  # blank where undefined (no poisoned members)
+        formatted[title] = [
+            "" if pd.isna(a) else cell(a, b, seeds)
+            for a, b in zip(wide[f"{column}_mean"], wide[f"{column}_std"], strict=True)
+        ]
+    t.write(
+        wide,
+        formatted.rename(columns={"case": "trigger, rate"}),
+        f"{study_name}: model poisoning (dishonest adversary), {study['poison_schedule']} schedule",
+        note + " " + _poisoning_design(study),
+    )
+
+
+#: the table writer of each study type
+TABLE_WRITERS = {
+    "architectures": _architectures_table,
+    "protocol_ablation": _protocol_ablation_table,
+    "training_sizes": _training_sizes_table,
+    "defences": _defences_table,
+    "dp_sweep": _dp_sweep_table,
+    "attack_comparison": _attack_comparison_table,
+    "poisoning": _poisoning_table,
+}
+
+
+def write_table(
+    study_name: str, study: dict, table: str, evaluations, models, backdoors, stem: str | Path
+) -> None:
+    """Write the study's table ``table`` (``stem``.csv, .md and .tex)."""
+    frame, victims, back = load(study_name, study, evaluations, models, backdoors)
+    try:
+        writer = TABLE_WRITERS[study["type"]]
+    except KeyError:
+        raise ValueError(f"no table for study type {study['type']!r}") from None
+    writer(_Table(study_name, study, table, frame, victims, back, Path(stem)))
 
 
 def draw_figure(
