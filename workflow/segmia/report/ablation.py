@@ -141,37 +141,41 @@ def note(study: dict, seeds: int) -> str:
 def figure(numeric: pd.DataFrame, out: str | Path, title: str, dpi: int) -> None:
     """One panel per metric: each switch's change from the original protocol, per attack, with
     the seeds' standard deviation as error bars."""
-    from .figures import _pyplot, save
+    from .figures import _pyplot, figure
 
-    plt, sns = _pyplot()
+    _, sns = _pyplot()
     arms = [a for a in dict.fromkeys(numeric["arm"]) if a != "original"]
     attacks = list(dict.fromkeys(numeric["attack"]))
     colours = dict(zip(attacks, sns.color_palette("colorblind", len(attacks)), strict=True))
-    fig, axes = plt.subplots(
-        1, len(METRICS), figsize=(4.2 * len(METRICS), 0.9 + 0.75 * len(arms)), sharey=True
-    )
-    height = 0.8 / max(len(attacks), 1)
-    for ax, (metric, short) in zip(axes, METRICS.items(), strict=True):
-        for j, attack in enumerate(attacks):
-            sub = numeric[(numeric["attack"] == attack)].set_index("arm").reindex(arms)
-            y = [i - 0.4 + height * (j + 0.5) for i in range(len(arms))]
-            ax.errorbar(
-                sub[f"d_{metric}_mean"],
-                y,
-                xerr=sub[f"d_{metric}_std"].fillna(0.0),
-                fmt="o",
-                color=colours[attack],
-                capsize=3,
-                label=ATTACK_LABELS.get(attack, attack),
+    with figure(
+        out,
+        title,
+        dpi,
+        1,
+        len(METRICS),
+        figsize=(4.2 * len(METRICS), 0.9 + 0.75 * len(arms)),
+        sharey=True,
+    ) as (fig, axes):
+        height = 0.8 / max(len(attacks), 1)
+        for ax, (metric, short) in zip(axes, METRICS.items(), strict=True):
+            for j, attack in enumerate(attacks):
+                sub = numeric[(numeric["attack"] == attack)].set_index("arm").reindex(arms)
+                y = [i - 0.4 + height * (j + 0.5) for i in range(len(arms))]
+                ax.errorbar(
+                    sub[f"d_{metric}_mean"],
+                    y,
+                    xerr=sub[f"d_{metric}_std"].fillna(0.0),
+                    fmt="o",
+                    color=colours[attack],
+                    capsize=3,
+                    label=ATTACK_LABELS.get(attack, attack),
+                )
+            ax.axvline(0.0, color="0.3", linewidth=1)
+            ax.set_xlabel(f"Δ {short} (segmia value − original)")
+            ax.set_yticks(range(len(arms)))
+            ax.set_yticklabels(
+                [numeric.loc[numeric["arm"] == a, "switch_value"].iloc[0] for a in arms]
             )
-        ax.axvline(0.0, color="0.3", linewidth=1)
-        ax.set_xlabel(f"Δ {short} (segmia value − original)")
-        ax.set_yticks(range(len(arms)))
-        ax.set_yticklabels([numeric.loc[numeric["arm"] == a, "switch_value"].iloc[0] for a in arms])
-        ax.invert_yaxis()
-    axes[0].set_ylabel("switch turned to segmia's value")
-    axes[-1].legend(title="attack", loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, out, dpi)
-    plt.close(fig)
+            ax.invert_yaxis()
+        axes[0].set_ylabel("switch turned to segmia's value")
+        axes[-1].legend(title="attack", loc="center left", bbox_to_anchor=(1.02, 0.5))
