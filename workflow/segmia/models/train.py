@@ -140,26 +140,26 @@ def _state(obj) -> dict | None:
     return obj.state_dict() if hasattr(obj, "state_dict") else None
 
 
-def fit(
-    model: nn.Module,
-    train: Arrays,
-    val: Arrays,
-    recipe: Recipe,
-    task: Task,
-    seed: int,
-    out_dir: Path,
-    spec: dict,
-    device: torch.device,
-    extras: Extras | None = None,
-    name: str = "train",
-) -> tuple[nn.Module, list[dict], dict]:
-    """Train ``model`` with the study's recipe (and a variant's ``extras``).
+@dataclass
+class _Setup:
+    """The training loop's parts, after a variant's extras are applied (DP-SGD wraps the model,
+    optimizer and loss)."""
 
-    Returns the trained (unwrapped) model, the per-epoch log rows and variant information
-    (e.g. the spent privacy budget).
-    """
-    extras = extras or Extras()
-    torch.manual_seed(seed)
+    model: nn.Module  # what the batches go through (Opacus' GradSampleModule under DP)
+    trained: nn.Module  # the unwrapped model: checkpointed, validated, returned
+    step: Callable  # model, or its torch.compile'd version
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    val_loss_fn: Callable
+    scaler: object
+    amp: bool
+    engine: object | None = None  # Opacus PrivacyEngine
+    loader: object | None = None  # Opacus' Poisson-sampling batch loader
+
+
+def _setup(
+    model: nn.Module, train: Arrays, recipe: Recipe, task: Task, device, extras: Extras
+) -> _Setup:
     model = model.to(device)
     if device.type == "cuda" and recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -184,17 +184,95 @@ def fit(
             # fp16 needs loss scaling, and Opacus would clip the scaled per-sample gradients
             log.warning("DP-SGD trains in float32 on this GPU (no bf16; fp16 would need scaling)")
             amp = False
-    # fp16 autocast (GPUs without bf16) needs loss scaling; a no-op everywhere else
-    scaler = grad_scaler(device, amp and engine is None)
-    trained = model._module if engine is not None else model
-    step = (
-        torch.compile(model)
-        if (recipe.compile and device.type == "cuda" and engine is None)
-        else model
+    compiled = recipe.compile and device.type == "cuda" and engine is None
+    return _Setup(
+        model=model,
+        trained=model._module if engine is not None else model,
+        step=torch.compile(model) if compiled else model,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        val_loss_fn=val_loss_fn,
+        # fp16 autocast (GPUs without bf16) needs loss scaling; a no-op everywhere else
+        scaler=grad_scaler(device, amp and engine is None),
+        amp=amp,
+        engine=engine,
+        loader=loader,
     )
 
+
+def _epoch(
+    run: _Setup, train: Arrays, recipe: Recipe, extras: Extras, gen, device
+) -> dict[str, float]:
+    """One pass over the training set: the epoch's weighted and unweighted mean batch loss, and
+    the min-max penalty."""
+    run.model.train()
+    if run.loader is not None:  # Poisson-sampled batches of indices (DP-SGD)
+        batches = (b[0] for b in run.loader)
+    else:
+        order = torch.randperm(len(train), generator=gen)
+        batches = (
+            order[i : i + recipe.batch_size] for i in range(0, len(train), recipe.batch_size)
+        )
+    total, count, penalty, batch_losses = 0.0, 0, 0.0, []
+    for idx in batches:
+        if run.engine is not None and len(idx) == 0:  # an empty Poisson batch: noise only
+            from .private import step_on_empty_batch
+
+            step_on_empty_batch(run.optimizer)
+            continue
+        x, y = train.batch(idx, device)
+        if extras.transform is not None:
+            x, y = extras.transform(x, y, gen)
+        if device.type == "cuda" and recipe.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        run.optimizer.zero_grad(set_to_none=True)
+        with autocast(device, run.amp):
+            logits = run.step(x)
+        loss = run.loss_fn(logits.float(), y)
+        objective = loss
+        if extras.regulariser is not None:
+            term = extras.regulariser.penalty(logits.float(), y)
+            objective = loss + term
+            penalty += float(term.detach()) * len(idx)
+        run.scaler.scale(objective).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if len(idx):
+            batch_losses.append(float(loss.detach()))
+            total += batch_losses[-1] * len(idx)
+        count += len(idx)
+    return {
+        "train_loss": total / max(count, 1),
+        # the original's global-loss threshold: batches unweighted (protocol "threshold")
+        "train_loss_batch_mean": sum(batch_losses) / max(len(batch_losses), 1),
+        "minmax_penalty": penalty / max(count, 1),
+    }
+
+
+def fit(
+    model: nn.Module,
+    train: Arrays,
+    val: Arrays,
+    recipe: Recipe,
+    task: Task,
+    seed: int,
+    out_dir: Path,
+    spec: dict,
+    device: torch.device,
+    extras: Extras | None = None,
+    name: str = "train",
+) -> tuple[nn.Module, list[dict], dict]:
+    """Train ``model`` with the study's recipe (and a variant's ``extras``).
+
+    Returns the trained (unwrapped) model, the per-epoch log rows and variant information
+    (e.g. the spent privacy budget).
+    """
+    extras = extras or Extras()
+    torch.manual_seed(seed)
+    run = _setup(model, train, recipe, task, device, extras)
+    engine = run.engine
     checkpoint = Checkpoint(out_dir, spec)
-    state, rows, first = checkpoint.resume(trained, optimizer, scaler)
+    state, rows, first = checkpoint.resume(run.trained, run.optimizer, run.scaler)
     for key, obj in (
         ("transform", extras.transform),
         ("regulariser", extras.regulariser),
@@ -209,59 +287,25 @@ def fit(
         started = time.monotonic()
         gen.manual_seed(seed * 1_000_003 + epoch)
         if extras.regulariser is not None:
-            extras.regulariser.on_epoch_start(trained, gen)
-        model.train()
-        if loader is not None:  # Poisson-sampled batches of indices (DP-SGD)
-            batches = (b[0] for b in loader)
-        else:
-            order = torch.randperm(len(train), generator=gen)
-            batches = (
-                order[i : i + recipe.batch_size] for i in range(0, len(train), recipe.batch_size)
-            )
-        total, count, penalty, batch_losses = 0.0, 0, 0.0, []
-        for idx in batches:
-            if engine is not None and len(idx) == 0:  # an empty Poisson batch: noise only
-                from .private import step_on_empty_batch
-
-                step_on_empty_batch(optimizer)
-                continue
-            x, y = train.batch(idx, device)
-            if extras.transform is not None:
-                x, y = extras.transform(x, y, gen)
-            if device.type == "cuda" and recipe.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, amp):
-                logits = step(x)
-            loss = loss_fn(logits.float(), y)
-            objective = loss
-            if extras.regulariser is not None:
-                term = extras.regulariser.penalty(logits.float(), y)
-                objective = loss + term
-                penalty += float(term.detach()) * len(idx)
-            scaler.scale(objective).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if len(idx):
-                batch_losses.append(float(loss.detach()))
-                total += batch_losses[-1] * len(idx)
-            count += len(idx)
+            extras.regulariser.on_epoch_start(run.trained, gen)
+        losses = _epoch(run, train, recipe, extras, gen, device)
         if epoch % recipe.validate_every == 0 or epoch == recipe.epochs - 1:
-            val_scores = evaluate(trained, val, val_loss_fn, task, recipe.batch_size, device, amp)
+            val_scores = evaluate(
+                run.trained, val, run.val_loss_fn, task, recipe.batch_size, device, run.amp
+            )
         else:  # not validated this epoch
             val_scores = dict.fromkeys(("loss", "dice", "iou"), math.nan)
         row = {
             "epoch": epoch + 1,
-            "train_loss": total / max(count, 1),
-            # the original's global-loss threshold: batches unweighted (protocol "threshold")
-            "train_loss_batch_mean": sum(batch_losses) / max(len(batch_losses), 1),
+            "train_loss": losses["train_loss"],
+            "train_loss_batch_mean": losses["train_loss_batch_mean"],
             "val_loss": val_scores["loss"],
             "val_dice": val_scores["dice"],
             "val_iou": val_scores["iou"],
             "seconds": time.monotonic() - started,
         }
         if extras.regulariser is not None:
-            row["minmax_penalty"] = penalty / max(count, 1)
+            row["minmax_penalty"] = losses["minmax_penalty"]
             row.update(extras.regulariser.last_epoch)
         if engine is not None:
             row["epsilon"] = engine.get_epsilon(extras.private["delta"])
@@ -269,9 +313,9 @@ def fit(
         checkpoint.save_epoch(
             epoch,
             rows,
-            trained,
-            optimizer,
-            scaler,
+            run.trained,
+            run.optimizer,
+            run.scaler,
             transform=_state(extras.transform),
             regulariser=_state(extras.regulariser),
             accountant=engine.accountant.state_dict() if engine is not None else None,
@@ -282,15 +326,19 @@ def fit(
             **{k: row[k] for k in ("val_loss", "val_dice") if not math.isnan(row[k])},
         )
     progress.close()
-    info = {}
-    if engine is not None:
-        info = {
-            "epsilon": engine.get_epsilon(extras.private["delta"]),
+    return run.trained, rows, _variant_info(run, extras)
+
+
+def _variant_info(run: _Setup, extras: Extras) -> dict:
+    """What the variant reports: DP-SGD's spent budget, poisoning's realised rate."""
+    if run.engine is not None:
+        return {
+            "epsilon": run.engine.get_epsilon(extras.private["delta"]),
             "target_epsilon": extras.private["epsilon"],
             "delta": extras.private["delta"],
-            "noise_multiplier": optimizer.noise_multiplier,
+            "noise_multiplier": run.optimizer.noise_multiplier,
             "max_grad_norm": extras.private["max_grad_norm"],
         }
     if hasattr(extras.transform, "poisoned"):
-        info = {"poison_rate_realised": extras.transform.poisoned / max(extras.transform.seen, 1)}
-    return trained, rows, info
+        return {"poison_rate_realised": extras.transform.poisoned / max(extras.transform.seen, 1)}
+    return {}
