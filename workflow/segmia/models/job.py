@@ -118,37 +118,9 @@ def train_job(
     val_rows = role_indices(split, "victim" if pool == "victim" else "shadow", "val")
     on_device = device if spec["training"].get("data_on_device", True) else torch.device("cpu")
     val = Arrays.from_numpy(data.images, data.masks, val_rows, on_device)
-    extra_metrics: dict = {}
-    if variant["type"] == "distillation":
-        from .distill import distillation_set
-
-        if teacher_dir is None:
-            raise SegmiaError(
-                "the distillation variant needs --teacher (the undefended victim's model directory)"
-            )
-        teacher, _ = load_model(teacher_dir, data.channels, data.out_channels, device)
-        teacher_metrics = read_json(Path(teacher_dir) / "metrics.json")
-        images, labels, rows = distillation_set(
-            split,
-            pool,
-            spec["train_size"],
-            variant,
-            data,
-            teacher,
-            teacher_metrics["val_loss"],
-            data.ignore_index,
-            device,
-        )
-        train = Arrays(images.to(on_device), labels.to(on_device))
-        rows_used = rows
-        extra_metrics = {
-            "distillation_reference_size": int(variant["reference_size"]),
-            "distillation_kept": len(rows),
-            "teacher_seconds": teacher_metrics["train_seconds"],
-        }
-        del teacher
-    else:
-        train = Arrays.from_numpy(data.images, data.masks, train_rows, on_device)
+    train, members, extra_metrics = _training_set(
+        spec, data, split, train_rows, teacher_dir, device, on_device
+    )
     recipe = Recipe.from_config(spec["training"])
     recipe.epochs = epochs_for(variant, recipe.epochs)
     seed = model_seed(spec)
@@ -227,16 +199,7 @@ def train_job(
         **info,
         **extra_metrics,
     }
-    write_torch(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    write_json(out_dir / "spec.json", spec)
-    members = rows_used if variant["type"] == "distillation" else train_rows
-    table = pd.DataFrame({"row": members, "sample_id": split.loc[members, "sample_id"].to_numpy()})
-    if poisoned is not None:  # which members the fixed_subset schedule poisoned (1) or not (0)
-        table["poisoned"] = np.isin(np.arange(len(members)), poisoned).astype(int)
-    write_csv(out_dir / "members.csv", table)
-    write_csv(out_dir / "history.csv", pd.DataFrame(rows))
-    write_json(out_dir / "metrics.json", metrics)
-    Checkpoint(out_dir, spec).clear()
+    _write_model(out_dir, spec, model, rows, metrics, split, members, poisoned)
     log.info(
         "val Dice %.4f IoU %.4f, %.1f s%s",
         metrics["val_dice"],
@@ -245,3 +208,51 @@ def train_job(
         f", spent epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else "",
     )
     return metrics
+
+
+def _training_set(
+    spec: dict, data, split, train_rows, teacher_dir, device, on_device
+) -> tuple[Arrays, np.ndarray, dict]:
+    """(training arrays, the rows that are members, extra metrics): the split's training rows,
+    or under distillation the teacher-labelled reference set it keeps."""
+    variant = spec["variant"]
+    if variant["type"] != "distillation":
+        return Arrays.from_numpy(data.images, data.masks, train_rows, on_device), train_rows, {}
+    from .distill import distillation_set
+
+    if teacher_dir is None:
+        raise SegmiaError(
+            "the distillation variant needs --teacher (the undefended victim's model directory)"
+        )
+    teacher, _ = load_model(teacher_dir, data.channels, data.out_channels, device)
+    teacher_metrics = read_json(Path(teacher_dir) / "metrics.json")
+    images, labels, rows = distillation_set(
+        split,
+        spec["pool"],
+        spec["train_size"],
+        variant,
+        data,
+        teacher,
+        teacher_metrics["val_loss"],
+        data.ignore_index,
+        device,
+    )
+    extra = {
+        "distillation_reference_size": int(variant["reference_size"]),
+        "distillation_kept": len(rows),
+        "teacher_seconds": teacher_metrics["train_seconds"],
+    }
+    return Arrays(images.to(on_device), labels.to(on_device)), rows, extra
+
+
+def _write_model(out_dir: Path, spec, model, rows, metrics, split, members, poisoned) -> None:
+    """The model's outputs; its epoch checkpoint goes once they are written."""
+    write_torch(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    write_json(out_dir / "spec.json", spec)
+    table = pd.DataFrame({"row": members, "sample_id": split.loc[members, "sample_id"].to_numpy()})
+    if poisoned is not None:  # which members the fixed_subset schedule poisoned (1) or not (0)
+        table["poisoned"] = np.isin(np.arange(len(members)), poisoned).astype(int)
+    write_csv(out_dir / "members.csv", table)
+    write_csv(out_dir / "history.csv", pd.DataFrame(rows))
+    write_json(out_dir / "metrics.json", metrics)
+    Checkpoint(out_dir, spec).clear()
