@@ -66,13 +66,6 @@ def test_the_cli_accepts_every_figure_and_table_the_plan_requests(every_study):
         assert args.study == name and (args.kind if what == "figure" else args.table) == kind
 
 
-def _study_json(config: dict, name: str) -> dict:
-    """As the workflow passes it (common.smk, study_json)."""
-    study = config["studies"][name]
-    types = {d: config["defences"][d]["type"] for d in study.get("defences", []) if d != "none"}
-    return {**study, "defence_types": types}
-
-
 def _fabricate(config: dict, name: str, root) -> dict:
     """The metrics files of a study's evaluations, victims and backdoors, as the jobs write them."""
     rng = np.random.default_rng(len(name))
@@ -178,7 +171,7 @@ def test_every_figure_kind_is_drawn_and_every_table_written(every_study, tmp_pat
     for name, what, kind in _requests(every_study):
         files = _fabricate(every_study, name, tmp_path / "results")
         out = tmp_path / "out" / name / kind
-        argv = _argv(what, kind, name, str(out), _study_json(every_study, name), files)
+        argv = _argv(what, kind, name, str(out), plan.study_spec(every_study, name), files)
         if what == "figure":
             argv += ["--dpi", "40", "--min-fpr", "1e-3"]
             out = out.with_suffix(".png")

@@ -113,15 +113,6 @@ def model_from(wildcards, role=None, arch=None, variant=None):
     )
 
 
-def study_json(name):
-    """A study's config plus the type of each defence it names (for the author's logs)."""
-    study = CFG["studies"][name]
-    types = {
-        d: CFG["defences"][d]["type"] for d in study.get("defences", []) if d != "none"
-    }
-    return {**study, "defence_types": types}
-
-
 def teacher_input(wildcards):
     """A distilled victim needs its teacher, the undefended victim (trained once, reused)."""
     if plan.variant_spec(CFG, wildcards.variant)["type"] != "distillation":

@@ -19,7 +19,7 @@ rule table:
         ENV
     params:
         stem=lambda w, output: output.csv[: -len(".csv")],
-        study=lambda w: as_json(study_json(w.study)),
+        study=lambda w: as_json(plan.study_spec(CFG, w.study)),
         files=study_file_args,
     shell:
         "python -m segmia table --study {wildcards.study} --table {wildcards.table}"
@@ -46,7 +46,7 @@ rule figure:
     conda:
         ENV
     params:
-        study=lambda w: as_json(study_json(w.study)),
+        study=lambda w: as_json(plan.study_spec(CFG, w.study)),
         files=study_file_args,
         dpi=CFG["plots"]["dpi"],
         min_fpr=CFG["plots"]["roc_min_fpr"],

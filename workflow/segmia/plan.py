@@ -487,6 +487,14 @@ def teacher(model: Model) -> Model:
     return Model(model.dataset, model.role, model.arch, variant, model.size, model.seed)
 
 
+def study_spec(config: dict, name: str) -> dict:
+    """The JSON the table and figure jobs receive: the study's config plus the type of each
+    defence it names (to find the author's logged numbers)."""
+    study = config["studies"][name]
+    types = {d: config["defences"][d]["type"] for d in study.get("defences", []) if d != "none"}
+    return {**study, "defence_types": types}
+
+
 def reference_spec(config: dict, victim: Model, reference_set: Model, release: str) -> dict:
     """The JSON the reference-attacks job receives: the victim, its reference set and release,
     and the dataset's reference-attack settings (its attack-comparison studies agree on them,
