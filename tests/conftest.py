@@ -57,6 +57,40 @@ def tiny_config(tmp_path) -> dict:
     return config
 
 
+#: the tiny U-Net of the job-level tests (test_models.ARCHS["monai_unet"])
+TINY_UNET = {"family": "monai_unet", "channels": [4, 8], "strides": [2], "norm": "batch"}
+
+
+def tiny_spec(
+    train_size: int = 12, variant_name: str = "none", variant: dict | None = None, **training
+) -> dict:
+    """The spec of a victim ``train`` job: the tiny U-Net on ``synthetic_ct_job``'s data;
+    ``training``: the recipe's keys (defaults: 3 epochs, batch 4, lr 1e-3)."""
+    return {
+        "dataset": "ct",
+        "role": "victim",
+        "pool": "victim",
+        "arch_name": "tiny",
+        "arch": TINY_UNET,
+        "variant_name": variant_name,
+        "variant": variant or {"type": "none"},
+        "train_size": train_size,
+        "seed": 0,
+        "training": {"epochs": 3, "batch_size": 4, "lr": 1e-3, **training},
+    }
+
+
+def train_argv(data, split, spec: dict, out, *extra: str) -> list[str]:
+    """The ``segmia train`` arguments of ``spec`` on the CPU."""
+    import json
+
+    return [
+        "train",
+        *("--data", str(data), "--split", str(split), "--spec", json.dumps(spec)),
+        *("--out", str(out), "--device", "cpu", *extra),
+    ]
+
+
 def snakemake_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -1,13 +1,12 @@
 """Defences: DP-SGD on every architecture, crop, mix-up, min-max, distillation, release."""
 
-import json
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 import torch
-from conftest import snakemake_env, synthetic_ct_job
+from conftest import snakemake_env, synthetic_ct_job, tiny_spec, train_argv
 from segmia.data.split import mia_indices, read_split, train_indices
 from segmia.io import read_json
 from segmia.models.distill import reference_rows
@@ -150,38 +149,12 @@ def test_distilled_student_trains_only_on_reference_images(tmp_path):
     teacher's private training set and from the MIA non-members."""
     sizes = dict(victim_pool=60, shadow_pool=60, train_size=20, val_size=10, mia_size=10)
     synthetic_ct_job(tmp_path, sizes, groups=30)
-    spec = {
-        "dataset": "ct",
-        "role": "victim",
-        "pool": "victim",
-        "arch_name": "tiny",
-        "arch": ARCHS["monai_unet"],
-        "variant_name": "none",
-        "variant": {"type": "none"},
-        "train_size": 20,
-        "seed": 0,
-        "training": {"epochs": 3, "batch_size": 4, "lr": 3e-3},
-    }
+    spec = tiny_spec(train_size=20, epochs=3, batch_size=4, lr=3e-3)
     env = snakemake_env()
 
     def train(out, spec, *extra):
-        cmd = [
-            sys.executable,
-            "-m",
-            "segmia",
-            "train",
-            "--data",
-            str(tmp_path / "data"),
-            "--split",
-            str(tmp_path / "split.csv"),
-            "--spec",
-            json.dumps(spec),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            *extra,
-        ]
+        data, split = tmp_path / "data", tmp_path / "split.csv"
+        cmd = [sys.executable, "-m", "segmia", *train_argv(data, split, spec, out, *extra)]
         subprocess.run(cmd, check=True, env=env, capture_output=True)
 
     train(tmp_path / "teacher", spec)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import snakemake_env, synthetic_ct_job
+from conftest import snakemake_env, synthetic_ct_job, tiny_spec, train_argv
 from segmia.io import read_torch
 from segmia.models.losses import dice_loss
 from segmia.models.registry import build_model
@@ -56,44 +56,12 @@ def test_every_architecture_trains_one_step(name, in_channels, out_channels):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def _train_cmd(tmp_path, out, data, split, spec):
-    import json
-
-    return [
-        sys.executable,
-        "-m",
-        "segmia",
-        "train",
-        "--data",
-        str(data),
-        "--split",
-        str(split),
-        "--spec",
-        json.dumps(spec),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
-
-
 @pytest.fixture
 def prepared_ct(tmp_path):
     data, split = synthetic_ct_job(
         tmp_path, dict(victim_pool=20, shadow_pool=20, train_size=12, val_size=4, mia_size=4)
     )
-    spec = {
-        "dataset": "ct",
-        "role": "victim",
-        "pool": "victim",
-        "arch_name": "tiny",
-        "arch": ARCHS["monai_unet"],
-        "variant_name": "none",
-        "variant": {"type": "none"},
-        "train_size": 12,
-        "seed": 0,
-        "training": {"epochs": 12, "batch_size": 4, "lr": 1e-3, "optimizer": "nadam"},
-    }
+    spec = tiny_spec(epochs=12, optimizer="nadam")
     return data, split, spec
 
 
@@ -101,7 +69,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, prepared_ct):
     data, split, spec = prepared_ct
     env = snakemake_env()
     subprocess.run(
-        _train_cmd(tmp_path, tmp_path / "full", data, split, spec),
+        [sys.executable, "-m", "segmia", *train_argv(data, split, spec, tmp_path / "full")],
         check=True,
         env=env,
         capture_output=True,
@@ -109,7 +77,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, prepared_ct):
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        _train_cmd(tmp_path, killed, data, split, spec),
+        [sys.executable, "-m", "segmia", *train_argv(data, split, spec, killed)],
         env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -125,7 +93,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, prepared_ct):
     proc.wait()
     assert not (killed / "model.pt").exists()
     resumed = subprocess.run(
-        _train_cmd(tmp_path, killed, data, split, spec),
+        [sys.executable, "-m", "segmia", *train_argv(data, split, spec, killed)],
         check=True,
         env=env,
         capture_output=True,
@@ -148,7 +116,7 @@ def test_training_is_deterministic(tmp_path, prepared_ct):
     env = snakemake_env()
     for name in ("a", "b"):
         subprocess.run(
-            _train_cmd(tmp_path, tmp_path / name, data, split, spec),
+            [sys.executable, "-m", "segmia", *train_argv(data, split, spec, tmp_path / name)],
             check=True,
             env=env,
             capture_output=True,

@@ -1,15 +1,13 @@
 """Poisoning: trigger placement, realised rate, p = 0 equals clean, the shadow stays clean."""
 
-import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO, snakemake_env, synthetic_ct_job
+from conftest import REPO, snakemake_env, synthetic_ct_job, tiny_spec, train_argv
 from segmia.io import read_torch
 from segmia.models.variants import PoisonTransform, apply_trigger, poison_target, trigger_region
-from test_models import ARCHS
 
 
 @pytest.mark.parametrize(
@@ -56,34 +54,8 @@ def test_realised_rate_matches_p_within_sampling_error(rate):
 
 
 def _train(tmp_path, name, variant, data, split):
-    spec = {
-        "dataset": "ct",
-        "role": "victim",
-        "pool": "victim",
-        "arch_name": "tiny",
-        "arch": ARCHS["monai_unet"],
-        "variant_name": name,
-        "variant": variant,
-        "train_size": 12,
-        "seed": 0,
-        "training": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "segmia",
-        "train",
-        "--data",
-        str(data),
-        "--split",
-        str(split),
-        "--spec",
-        json.dumps(spec),
-        "--out",
-        str(tmp_path / name),
-        "--device",
-        "cpu",
-    ]
+    spec = tiny_spec(variant_name=name, variant=variant, epochs=2, batch_size=4, lr=1e-3)
+    cmd = [sys.executable, "-m", "segmia", *train_argv(data, split, spec, tmp_path / name)]
     subprocess.run(cmd, check=True, env=snakemake_env(), capture_output=True)
     return read_torch(tmp_path / name / "model.pt")
 
@@ -173,18 +145,7 @@ def test_fixed_subset_poisons_the_same_round_pn_images_in_every_epoch_and_no_oth
         "target": "empty",
         "schedule": "fixed_subset",
     }
-    spec = {
-        "dataset": "ct",
-        "role": "victim",
-        "pool": "victim",
-        "arch_name": "tiny",
-        "arch": ARCHS["monai_unet"],
-        "variant_name": "poison.fixed",
-        "variant": variant,
-        "train_size": 12,
-        "seed": 0,
-        "training": {"epochs": 3, "batch_size": 5, "lr": 1e-3},
-    }
+    spec = tiny_spec(variant_name="poison.fixed", variant=variant, epochs=3, batch_size=5, lr=1e-3)
     metrics = job.train_job(
         data_dir=data_dir,
         split_path=split,

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_segmia, snakemake_env, synthetic_ct_job
+from conftest import REPO, run_segmia, snakemake_env, synthetic_ct_job, tiny_spec, train_argv
 from segmia import cli, io
 from segmia.data.prepared import load_prepared
 from segmia.errors import DataError
@@ -307,36 +307,12 @@ def prepared(tmp_path):
     return synthetic_ct_job(tmp_path, SIZES)
 
 
-def _spec(epochs=3):
-    return {
-        "dataset": "ct",
-        "role": "victim",
-        "pool": "victim",
-        "arch_name": "tiny",
-        "arch": {"family": "monai_unet", "channels": [4, 8], "strides": [2], "norm": "batch"},
-        "variant_name": "none",
-        "variant": {"type": "none"},
-        "train_size": 12,
-        "seed": 0,
-        "training": {"epochs": epochs, "batch_size": 4, "lr": 1e-3, "optimizer": "nadam"},
-    }
-
-
-def _train_args(data, split, out, spec):
-    return ["train", "--data", str(data), "--split", str(split), "--spec", json.dumps(spec)] + [
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
-
-
 def test_gpu_out_of_memory_says_lower_the_batch_size_and_a_rerun_resumes(
     tmp_path, prepared, monkeypatch, capsys
 ):
     data, split = prepared
     finished = tmp_path / "finished"
-    assert cli.main(_train_args(data, split, finished, _spec(epochs=1))) == 0
+    assert cli.main(train_argv(data, split, tiny_spec(epochs=1), finished)) == 0
     before = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
     capsys.readouterr()
 
@@ -354,7 +330,7 @@ def test_gpu_out_of_memory_says_lower_the_batch_size_and_a_rerun_resumes(
 
     monkeypatch.setattr(train, "evaluate", oom_in_epoch_2)
     out = tmp_path / "victim"
-    assert cli.main(_train_args(data, split, out, _spec())) == 1
+    assert cli.main(train_argv(data, split, tiny_spec(), out)) == 1
     line = _one_error_line(capsys.readouterr().err, "train")
     for words in (
         "the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB",
@@ -368,7 +344,7 @@ def test_gpu_out_of_memory_says_lower_the_batch_size_and_a_rerun_resumes(
     assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()} == before
 
     monkeypatch.setattr(train, "evaluate", evaluate)
-    assert cli.main(_train_args(data, split, out, _spec())) == 0
+    assert cli.main(train_argv(data, split, tiny_spec(), out)) == 0
     assert "resuming after epoch 1 of 3" in capsys.readouterr().err
     assert len(pd.read_csv(out / "history.csv")) == 3
 
@@ -437,7 +413,7 @@ def test_a_crafted_checkpoint_is_refused_and_its_code_never_runs(tmp_path):
 def test_a_step_refuses_a_crafted_model_in_one_paragraph(tmp_path, prepared):
     data, split = prepared
     model_dir = tmp_path / "model"
-    io.write_json(model_dir / "spec.json", _spec())
+    io.write_json(model_dir / "spec.json", tiny_spec())
     marker = tmp_path / "pwned"
     _crafted(model_dir / "model.pt", marker)
     proc = run_segmia(
@@ -473,7 +449,7 @@ def test_a_crafted_epoch_checkpoint_is_ignored_and_training_starts_afresh(
     out, marker = tmp_path / "victim", tmp_path / "pwned"
     (out / ".checkpoint").mkdir(parents=True)
     _crafted(out / ".checkpoint" / "last.pt", marker)
-    assert cli.main(_train_args(data, split, out, _spec(epochs=1))) == 0
+    assert cli.main(train_argv(data, split, tiny_spec(epochs=1), out)) == 0
     err = capsys.readouterr().err
     assert "ignoring unreadable checkpoint" in err and "resuming" not in err
     assert not marker.exists() and (out / "model.pt").exists()
