@@ -230,11 +230,15 @@ def reference_inputs(w):
 
 def reference_set_of(w):
     """The reference-set identity of a reference attack's wildcards (plan.references)."""
-    return plan.Model(w.dataset, "reference", w.sarch, w.refset, int(w.size), int(w.seed))
+    return plan.Model(
+        w.dataset, "reference", w.sarch, w.refset, int(w.size), int(w.seed)
+    )
 
 
 def reference_spec(w):
-    return as_json(plan.reference_spec(CFG, victim_of(w), reference_set_of(w), w.release))
+    return as_json(
+        plan.reference_spec(CFG, victim_of(w), reference_set_of(w), w.release)
+    )
 
 
 def evaluation_of(w):
