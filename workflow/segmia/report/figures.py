@@ -137,7 +137,7 @@ def roc_figure(
     """Log-log ROC curves: ``curves[panel][label]`` = score files (one per seed), averaged.
 
     Below 1 / #non-members no FPR can be measured: curves start there and the region is shaded.
-    The grey band is the range of the curves' null controls (each attack's ROC between two halves
+    The hatched band is the range of the curves' null controls (each attack's ROC between two halves
     of the non-member groups): where an attack that only tells groups apart would lie.
     """
     _, sns = _pyplot()
@@ -178,10 +178,11 @@ def roc_figure(
                     np.maximum(band[1], min_fpr),
                     where=grid >= resolution,
                     step="post",
-                    color="0.6",
-                    alpha=0.3,
+                    facecolor="none",
+                    edgecolor="0.45",
+                    hatch="////",
                     linewidth=0,
-                    label="null control (range)",
+                    label="null control (range over curves)",
                 )
             if resolution > min_fpr:
                 ax.axvspan(min_fpr, resolution, color="0.9", zorder=0)
