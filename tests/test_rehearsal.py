@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, load_yaml, planned_jobs, run_snakemake
 from segmia import plan
 from segmia.config import load_config
-from segmia.models.weights import needed_files
+from segmia.plan import weight_files
 from segmia.rehearsal import OVERLAY, PAPER, merged_config, run
 
 #: what the overlay may set (dotted paths, fnmatch patterns)
@@ -89,7 +89,9 @@ def test_the_rehearsal_plans_exactly_the_paper_configs_jobs(tmp_path):
     rehearsal = dry_run(tmp_path / "rehearsal", REPO / PAPER, REPO / OVERLAY)
     # the small attack classifier needs no ImageNet weights: the weight files it leaves out are
     # the only difference (the min-max inner ResNet-34 still fetches the attack's file)
-    left_out = set(needed_files(load_yaml(REPO / PAPER))) - set(needed_files(merged_config(REPO)))
+    left_out = set(weight_files(load_config(load_yaml(REPO / PAPER)))) - set(
+        weight_files(load_config(merged_config(REPO)))
+    )
     assert paper.pop("fetch_weights") == rehearsal.pop("fetch_weights") + len(left_out)
     assert rehearsal == paper
     assert paper["train"] > 50

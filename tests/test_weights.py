@@ -447,7 +447,7 @@ def test_fetch_weights_runs_once_and_jobs_load_without_network(tmp_path, tiny_co
         },
     }
     resolved = load_config(config)
-    assert weights.needed(resolved) == [ATTACK18, encoder]
+    assert plan.weight_files(resolved) == [ATTACK18, encoder]
     shadow = plan.Model("ct", "shadow", "r34", "none", 24, 0)
     [evaluation] = plan.study_evaluations(resolved, "grid")
     root, res = tiny_config["results"], tiny_config["resources"]
