@@ -346,45 +346,33 @@ class _Table:
 
 
 def _architectures_table(t: _Table) -> None:
-    study_name, table, frame, stem, reference = t.study_name, t.table, t.frame, t.stem, t.reference
-    title = (
-        f"{study_name}: {ATTACK_LABELS.get(table, table)} attack, victim (rows) x shadow (columns)"
-    )
+    title = f"{t.study_name}: {ATTACK_LABELS.get(t.table, t.table)} attack, victim (rows) x shadow (columns)"
     write_grid_tables(
-        frame,
-        stem,
+        t.frame,
+        t.stem,
         title,
-        reference=paper.architecture_grid(reference, table),
-        reference_title=paper.REFERENCES.get(reference, ""),
+        reference=paper.architecture_grid(t.reference, t.table),
+        reference_title=paper.REFERENCES.get(t.reference, ""),
     )
 
 
 def _protocol_ablation_table(t: _Table) -> None:
-    study_name, study, frame, seeds = t.study_name, t.study, t.frame, t.seeds
-    numeric = ablation.changes(frame, study)
+    numeric = ablation.changes(t.frame, t.study)
     t.write(
         numeric,
         ablation.formatted(numeric),
-        f"{study_name}: what each protocol switch changes",
-        ablation.note(study, seeds),
+        f"{t.study_name}: what each protocol switch changes",
+        ablation.note(t.study, t.seeds),
     )
 
 
 def _training_sizes_table(t: _Table) -> None:
-    study_name, frame, attacks, seeds, note, reference = (
-        t.study_name,
-        t.frame,
-        t.attacks,
-        t.seeds,
-        t.note,
-        t.reference,
-    )
-    wide = _wide(frame, "train_size", attacks)
-    formatted = _formatted(wide, "train_size", attacks, {}, seeds).rename(
+    wide = _wide(t.frame, "train_size", t.attacks)
+    formatted = _formatted(wide, "train_size", t.attacks, {}, t.seeds).rename(
         columns={"train_size": "training-set size N"}
     )
-    for attack, logged in paper.size_accuracy(reference).items():
-        if attack in attacks:
+    for attack, logged in paper.size_accuracy(t.reference).items():
+        if attack in t.attacks:
             wide[f"paper_{attack}_accuracy"] = wide["train_size"].map(logged)
             formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
                 ("" if pd.isna(v) else f"{v:.3f}") for v in wide[f"paper_{attack}_accuracy"]
@@ -392,25 +380,15 @@ def _training_sizes_table(t: _Table) -> None:
     t.write(
         wide,
         formatted,
-        f"{study_name}: attack vs training-set size",
-        note + _logs_note(reference),
+        f"{t.study_name}: attack vs training-set size",
+        t.note + _logs_note(t.reference),
     )
 
 
 def _defences_table(t: _Table) -> None:
-    study_name, study, frame, victims, attacks, seeds, note, reference = (
-        t.study_name,
-        t.study,
-        t.frame,
-        t.victims,
-        t.attacks,
-        t.seeds,
-        t.note,
-        t.reference,
-    )
-    utility = _utility(victims)
-    wide = _wide(frame, "label", attacks)
-    variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
+    utility = _utility(t.victims)
+    wide = _wide(t.frame, "label", t.attacks)
+    variant_of = t.frame.drop_duplicates("label").set_index("label")["variant"]
     wide = wide.merge(
         utility, left_on=wide["label"].map(variant_of), right_on="variant", how="left"
     ).drop(columns=["key_0"], errors="ignore")
@@ -420,12 +398,12 @@ def _defences_table(t: _Table) -> None:
         "relative_cost": "cost vs none",
         "spent_epsilon": "spent ε",
     }
-    formatted = _formatted(wide, "label", attacks, extra, seeds).rename(
+    formatted = _formatted(wide, "label", t.attacks, extra, t.seeds).rename(
         columns={"label": "defence"}
     )
-    types = study.get("defence_types", {})
-    for attack, logged in paper.defence_accuracy(reference).items():
-        if attack in attacks:
+    types = t.study.get("defence_types", {})
+    for attack, logged in paper.defence_accuracy(t.reference).items():
+        if attack in t.attacks:
             values = [logged.get(types.get(d, d)) for d in wide["label"]]
             wide[f"paper_{attack}_accuracy"] = values
             formatted[f"{ATTACK_LABELS[attack]} acc. (author's logs)"] = [
@@ -434,26 +412,18 @@ def _defences_table(t: _Table) -> None:
     t.write(
         wide,
         formatted,
-        f"{study_name}: defences (privacy and utility)",
-        note + " Argmax and output noise post-process the outputs of the undefended victim (and"
+        f"{t.study_name}: defences (privacy and utility)",
+        t.note + " Argmax and output noise post-process the outputs of the undefended victim (and"
         " of the shadow); the other defences are training variants of the victim."
-        + _logs_note(reference),
+        + _logs_note(t.reference),
     )
 
 
 def _dp_sweep_table(t: _Table) -> None:
-    study_name, frame, victims, attacks, seeds, note = (
-        t.study_name,
-        t.frame,
-        t.victims,
-        t.attacks,
-        t.seeds,
-        t.note,
-    )
-    wide = _wide(frame, "label", attacks)
-    variant_of = frame.drop_duplicates("label").set_index("label")["variant"]
+    wide = _wide(t.frame, "label", t.attacks)
+    variant_of = t.frame.drop_duplicates("label").set_index("label")["variant"]
     wide = wide.merge(
-        _utility(victims), left_on=wide["label"].map(variant_of), right_on="variant", how="left"
+        _utility(t.victims), left_on=wide["label"].map(variant_of), right_on="variant", how="left"
     ).drop(columns=["key_0"], errors="ignore")
     extra = {
         "spent_epsilon": "spent ε",
@@ -463,16 +433,15 @@ def _dp_sweep_table(t: _Table) -> None:
     }
     t.write(
         wide,
-        _formatted(wide, "label", attacks, extra, seeds).rename(columns={"label": "target ε"}),
-        f"{study_name}: DP-SGD epsilon sweep",
-        note + " Spent ε as reported by the Opacus accountant at δ = 1/N unless configured.",
+        _formatted(wide, "label", t.attacks, extra, t.seeds).rename(columns={"label": "target ε"}),
+        f"{t.study_name}: DP-SGD epsilon sweep",
+        t.note + " Spent ε as reported by the Opacus accountant at δ = 1/N unless configured.",
     )
 
 
 def _attack_comparison_table(t: _Table) -> None:
-    study_name, frame, attacks, seeds, note = t.study_name, t.frame, t.attacks, t.seeds, t.note
-    order = {a: i for i, a in enumerate(attacks)}
-    frame = frame.sort_values(["attack", "seed"], key=_attack_order(order), kind="stable")
+    order = {a: i for i, a in enumerate(t.attacks)}
+    frame = t.frame.sort_values(["attack", "seed"], key=_attack_order(order), kind="stable")
     metrics = ["auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy", "null_auc"]
     stats = _stats(frame, ["attack", "label"], metrics).merge(
         null_flags(frame, ["attack", "label"]).reset_index(), on=["attack", "label"]
@@ -494,15 +463,15 @@ def _attack_comparison_table(t: _Table) -> None:
     for defence in dict.fromkeys(stats["label"]):
         sub = stats[stats["label"] == defence].set_index("attack").reindex(attack_order)
         formatted[f"{defence}: AUC [95% CI]"] = [
-            f"{cell(m, sd, seeds)} {ci}"
+            f"{cell(m, sd, t.seeds)} {ci}"
             for m, sd, ci in zip(sub["auc_mean"], sub["auc_std"], sub["intervals"], strict=True)
         ]
         for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"):
             formatted[f"{defence}: {SHORT[m]}"] = [
-                cell(a, b, seeds) for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
+                cell(a, b, t.seeds) for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"], strict=True)
             ]
         formatted[f"{defence}: {SHORT['null_auc']} [95% CI]"] = [
-            f"{null_cell(m, sd, seeds, flag)} {ci}"
+            f"{null_cell(m, sd, t.seeds, flag)} {ci}"
             for m, sd, flag, ci in zip(
                 sub["null_auc_mean"],
                 sub["null_auc_std"],
@@ -514,55 +483,45 @@ def _attack_comparison_table(t: _Table) -> None:
     t.write(
         numeric,
         formatted,
-        f"{study_name}: attack comparison",
-        note + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}), each seed's"
+        f"{t.study_name}: attack comparison",
+        t.note + f" AUC CI: 95 % bootstrap at the membership unit ({_ci_units(frame)}), each seed's"
         " own interval (one victim per seed; the CSV has one row per seed).",
     )
 
 
 def _poisoning_table(t: _Table) -> None:
-    study_name, study, frame, victims, back, attacks, seeds, note = (
-        t.study_name,
-        t.study,
-        t.frame,
-        t.victims,
-        t.back,
-        t.attacks,
-        t.seeds,
-        t.note,
-    )
-    clean = frame[frame["query"] == "clean"]
-    wide = _wide(clean, "case", attacks)
+    clean = t.frame[t.frame["query"] == "clean"]
+    wide = _wide(clean, "case", t.attacks)
     lookup = clean.drop_duplicates("case").set_index("case")
     wide.insert(1, "trigger", wide["case"].map(lookup["trigger"]))
     wide.insert(2, "rate", wide["case"].map(lookup["rate"]))
-    if len(back):
+    if len(t.back):
         b = _stats(
-            back,
+            t.back,
             ["trigger", "rate"],
             ["backdoor_success", "target_agreement", "foreground_ratio", "clean_dice"],
         ).drop(columns="seeds")
         wide = wide.merge(b, on=["trigger", "rate"], how="left")
     realised = (
-        victims.groupby("variant")["poison_rate_realised"].mean()
-        if "poison_rate_realised" in victims
+        t.victims.groupby("variant")["poison_rate_realised"].mean()
+        if "poison_rate_realised" in t.victims
         else pd.Series(dtype=float)
     )
     wide["realised_rate"] = wide["case"].map(lookup["variant"]).map(realised).fillna(0.0)
     # AUC columns beside the clean-query ones: members split (fixed_subset), triggered query
-    splits = [c for c in ("auc_clean_members", "auc_poisoned_members") if c in frame]
+    splits = [c for c in ("auc_clean_members", "auc_poisoned_members") if c in t.frame]
     extra_auc = {
         c.removeprefix("auc_"): (clean, c, c.removeprefix("auc_").replace("_", " ")) for c in splits
     }
-    if study["query_trigger"]:
+    if t.study["query_trigger"]:
         extra_auc["triggered"] = (
-            frame[frame["query"] == "triggered"],
+            t.frame[t.frame["query"] == "triggered"],
             "auc",
             "triggered query",
         )
     titles = {}
     for name, (part, metric, what) in extra_auc.items():
-        for attack in attacks:
+        for attack in t.attacks:
             stats = _stats(part[part["attack"] == attack], ["case"], [metric])
             column = f"{attack}_{name}_auc"
             wide = wide.merge(
@@ -583,17 +542,17 @@ def _poisoning_table(t: _Table) -> None:
         "target_agreement_mean": "target pixel agreement",
         "foreground_ratio_mean": "pred./true fg",
     }
-    formatted = _formatted(wide, "case", attacks, extra, seeds)
+    formatted = _formatted(wide, "case", t.attacks, extra, t.seeds)
     for column, title in titles.items():  # blank where undefined (no poisoned members)
         formatted[title] = [
-            "" if pd.isna(a) else cell(a, b, seeds)
+            "" if pd.isna(a) else cell(a, b, t.seeds)
             for a, b in zip(wide[f"{column}_mean"], wide[f"{column}_std"], strict=True)
         ]
     t.write(
         wide,
         formatted.rename(columns={"case": "trigger, rate"}),
-        f"{study_name}: model poisoning (dishonest adversary), {study['poison_schedule']} schedule",
-        note + " " + _poisoning_design(study),
+        f"{t.study_name}: model poisoning (dishonest adversary), {t.study['poison_schedule']} schedule",
+        t.note + " " + _poisoning_design(t.study),
     )
 
 
