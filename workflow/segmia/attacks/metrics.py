@@ -59,8 +59,10 @@ def bootstrap_cis(
     seed: int = 0,
     level: float = 0.95,
     groups: np.ndarray | None = None,
+    fpr_levels: dict[str, float] = FPR_LEVELS,
 ) -> dict[str, float]:
-    """Percentile bootstrap confidence intervals of the ROC-AUC and of the TPR at each FPR level.
+    """Percentile bootstrap confidence intervals of the ROC-AUC and of the TPR at each of
+    ``fpr_levels`` (none: the AUC's alone).
 
     Resamples the membership unit: whole ``groups`` (patients, cities: every sample of a drawn
     group comes along, a cluster bootstrap), or samples where ``groups`` is None (each sample its
@@ -76,7 +78,7 @@ def bootstrap_cis(
     _, group_of, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     members_of = np.split(np.argsort(group_of, kind="stable"), np.cumsum(sizes)[:-1])
     rng = np.random.default_rng(seed)
-    aucs, tprs = [], {key: [] for key in FPR_LEVELS}
+    aucs, tprs = [], {key: [] for key in fpr_levels}
     for _ in range(n):
         drawn = rng.integers(0, len(members_of), len(members_of))
         idx = np.concatenate([members_of[g] for g in drawn])
@@ -87,7 +89,7 @@ def bootstrap_cis(
             continue
         ranks = rankdata(s)
         aucs.append((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
-        for key, max_fpr in FPR_LEVELS.items():
+        for key, max_fpr in fpr_levels.items():
             tprs[key].append(tpr_at_fpr(y, s, max_fpr))
     q = [(1 - level) / 2, 1 - (1 - level) / 2]
     out = dict(zip(("auc_ci_low", "auc_ci_high"), map(float, np.quantile(aucs, q)), strict=True))
@@ -156,7 +158,7 @@ def null_control(
         }, None
     halves = null_halves(g, seed)
     s = np.asarray(scores, dtype=np.float64)[out]
-    cis = bootstrap_cis(halves, s, n=n, seed=seed, groups=g)
+    cis = bootstrap_cis(halves, s, n=n, seed=seed, groups=g, fpr_levels={})
     low, high = cis["auc_ci_low"], cis["auc_ci_high"]
     return {
         "null_auc": float(roc_auc_score(halves, s)),

@@ -92,15 +92,15 @@ def heatmap(
 
 
 def mean_roc(
-    score_files: list[str | Path], grid: np.ndarray, labels: str = "member"
+    runs: list[pd.DataFrame], grid: np.ndarray, labels: str = "member"
 ) -> tuple[np.ndarray, float]:
-    """Mean TPR over runs (seeds) at the FPR values of ``grid`` (step interpolation), and the
-    smallest FPR the runs resolve (1 / fewest negatives). ``labels``: the column that says what
-    is positive, ``member`` or ``null_half`` (the null control: rows without a half are left out).
-    """
+    """Mean TPR over runs (seeds' ``scores.csv``) at the FPR values of ``grid`` (step
+    interpolation), and the smallest FPR the runs resolve (1 / fewest negatives). ``labels``: the
+    column that says what is positive, ``member`` or ``null_half`` (the null control: rows without
+    a half are left out)."""
     tprs, negatives = [], []
-    for f in score_files:
-        scores = read_csv(f, required=(labels, "score")).dropna(subset=[labels])
+    for scores in runs:
+        scores = scores.dropna(subset=[labels])
         labels_ = scores[labels].to_numpy().astype(int)
         fpr, tpr = roc_curve(labels_, scores["score"].to_numpy())
         idx = np.searchsorted(fpr, grid, side="right") - 1
@@ -110,19 +110,14 @@ def mean_roc(
 
 
 def null_band(
-    curves: dict[str, list[str]], grid: np.ndarray
+    curves: dict[str, list[pd.DataFrame]], grid: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The range (lowest, highest TPR at each FPR of ``grid``) of the curves' null-control ROCs,
     each averaged over its seeds; None when no score file has a null control."""
-
-    def has_null(f) -> bool:
-        scores = read_csv(f)
-        return "null_half" in scores and scores["null_half"].nunique() == 2
-
     nulls = [
-        mean_roc(files, grid, labels="null_half")[0]
-        for files in curves.values()
-        if all(has_null(f) for f in files)
+        mean_roc(runs, grid, labels="null_half")[0]
+        for runs in curves.values()
+        if all("null_half" in r and r["null_half"].nunique() == 2 for r in runs)
     ]
     return (np.min(nulls, axis=0), np.max(nulls, axis=0)) if nulls else None
 
@@ -157,8 +152,13 @@ def roc_figure(
     ) as (fig, axes):
         for ax, panel in zip(axes[0], panels, strict=True):
             resolution = min_fpr
-            for colour, (label, files) in zip(colours, curves[panel].items(), strict=False):
-                tpr, resolved = mean_roc(files, grid)
+            # each score file read once, for its curve and for the null band
+            runs = {
+                label: [read_csv(f, required=("member", "score")) for f in files]
+                for label, files in curves[panel].items()
+            }
+            for colour, (label, frames) in zip(colours, runs.items(), strict=False):
+                tpr, resolved = mean_roc(frames, grid)
                 keep = grid >= resolved
                 ax.plot(grid[keep], tpr[keep], label=label, linewidth=1.4, color=colour)
                 resolution = max(resolution, resolved)
@@ -170,7 +170,7 @@ def roc_figure(
                 linewidth=1,
                 label="chance",
             )
-            band = null_band(curves[panel], grid)
+            band = null_band(runs, grid)
             if band is not None:
                 ax.fill_between(
                     grid,
