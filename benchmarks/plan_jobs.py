@@ -22,6 +22,10 @@ sys.path.insert(0, str(REPO / "workflow"))
 from segmia.config import load_config_file  # noqa: E402
 from segmia.plan import study_figures, study_tables  # noqa: E402
 
+#: the rules that declare ``resources: gpu`` (an evaluation group of threshold attacks alone
+#: does not, but Snakemake's job stats do not tell them apart: counted here as GPU jobs)
+GPU_RULES = ("train", "query", "query_triggered", "backdoor", "fit_attack", "evaluate")
+
 
 def planned(targets: list[str], configfile: Path, results: str) -> dict[str, int]:
     cmd = [
@@ -64,17 +68,17 @@ def main() -> None:
     print(
         f"Dry-run job counts of {args.configfile} (fresh start; a study counts every job it needs)\n"
     )
-    print("| study | trainings | queries | attack fits | attack evaluations | all jobs |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| study | trainings (+ MIA query) | other queries | attack fits | evaluation jobs "
+        "| GPU jobs | all jobs |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, c in rows + [("**whole config** (each job once)", total)]:
-        evaluations = (
-            c.get("eval_attack", 0)
-            + c.get("threshold_attack", 0)
-            + c.get("global_loss", 0)
-            + c.get("reference_attacks", 0)
-        )
+        evaluations = c.get("evaluate", 0) + c.get("reference_attacks", 0)
+        queries = c.get("query", 0) + c.get("query_triggered", 0)
         print(
-            f"| {name} | {c.get('train', 0)} | {c.get('query', 0)} | {c.get('fit_attack', 0)} | {evaluations} | {c.get('total', 0)} |"
+            f"| {name} | {c.get('train', 0)} | {queries} | {c.get('fit_attack', 0)} "
+            f"| {evaluations} | {sum(c.get(r, 0) for r in GPU_RULES)} | {c.get('total', 0)} |"
         )
 
 

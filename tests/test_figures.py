@@ -226,7 +226,7 @@ def test_every_rules_command_parses(tmp_path):
     tables = sum(len(plan.study_tables(config, name)) for name in config["studies"])
     assert sum(c.startswith("table ") for c in commands) == tables
     assert kinds - {None} == set(plan.FIGURES)
-    assert {"train", "query", "fit-attack", "eval-attack", "threshold-attack"} <= steps
+    assert {"train", "query", "fit-attack", "evaluate"} <= steps
     assert {
         "reference-attacks",
         "backdoor",

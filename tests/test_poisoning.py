@@ -272,8 +272,8 @@ def test_query_trigger_adds_triggered_evaluations_named_apart():
         if ev.victim.variant != "none":
             assert ev.query == f"trigger_{own}_k6_v255"
         assert ev.release == f"none.{ev.query}" and split_query(ev.release) == ("none", ev.query)
-        assert ev.path().split("/")[3] == ev.release
-        assert ev.victim.query(ev.query).endswith(f"/queries/victim.{ev.query}")
+        assert ev.path().split("/")[2] == ev.release
+        assert ev.victim.query(ev.query).endswith(f"/queries/mia.{ev.query}")
         assert release_spec(config, ev.release) == {"type": "none"}
         spec = evaluation_spec(config, ev)
         assert spec["release_name"] == ev.release and spec["release"] == {"type": "none"}
@@ -446,13 +446,12 @@ def test_the_workflow_plans_fixed_subset_victims_and_triggered_queries(tmp_path)
     fixed = "poison.square.k6.v255.almost_empty.fixed_subset.p0.4"
     assert f"models/victim/unet_deep/{fixed}/n128_s0" in out
     token = "trigger_square_k6_v255"
-    assert f"--out {data}/models/shadow/unet_deep/none/n128_s0/queries/shadow.{token}" in out
+    assert f"--out {data}/models/shadow/unet_deep/none/n128_s0/queries/mia.{token}" in out
+    assert "--pool shadow --train-size 128" in out  # the triggered query of the shadow's MIA set
     assert "--trigger square --trigger-size 6 --trigger-value 255" in out
-    victim = f"models/victim/unet_deep/{fixed}/n128_s0/queries/victim.{token}"
+    victim = f"models/victim/unet_deep/{fixed}/n128_s0/queries/mia.{token}"
     assert f"--victim-query {data}/{victim}" in out
-    assert (
-        f"--shadow-query {data}/models/shadow/unet_deep/none/n128_s0/queries/shadow.{token}" in out
-    )
+    assert f"--shadow-query {data}/models/shadow/unet_deep/none/n128_s0/queries/mia.{token}" in out
     assert f"attack_models/type2/none.{token}/unet_deep/none/n128_s0" in out
 
 
@@ -466,8 +465,8 @@ def test_an_aggregate_attack_calibrates_on_the_shadow_query_it_is_given(tmp_path
     victim = tmp_path / "victim" / "queries" / "victim"
     shadow = tmp_path / "shadow"
     make_query(victim, data, 4.0, 0.3, seed=3)
-    make_query(shadow / "queries" / "shadow", data, 0.3, 4.0, seed=3)  # clean: inverted
-    make_query(shadow / "queries" / "shadow.trigger_square_k6_v255", data, 4.0, 0.3, seed=3)
+    make_query(shadow / "queries" / "mia", data, 0.3, 4.0, seed=3)  # clean: inverted
+    make_query(shadow / "queries" / "mia.trigger_square_k6_v255", data, 4.0, 0.3, seed=3)
     spec = _spec("agg_mean")
     given = threshold_attack_job(
         kind="agg_mean",
@@ -476,7 +475,7 @@ def test_an_aggregate_attack_calibrates_on_the_shadow_query_it_is_given(tmp_path
         data_dir=data,
         spec=spec,
         out_dir=tmp_path / "given",
-        shadow_query=shadow / "queries" / "shadow.trigger_square_k6_v255",
+        shadow_query=shadow / "queries" / "mia.trigger_square_k6_v255",
     )
     default = threshold_attack_job(
         kind="agg_mean",

@@ -4,7 +4,7 @@ import pytest
 from conftest import REPO, load_yaml
 from snakemake.cli import parse_args
 
-GPU_RULES = ("train", "query", "fit_attack", "eval_attack")
+GPU_RULES = ("train", "query", "fit_attack", "evaluate")
 
 
 def rules_of_the_workflow() -> set[str]:

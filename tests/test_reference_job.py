@@ -37,12 +37,14 @@ def _fake(tmp_path, effect: float):
 
     def model(name, trained_on):
         d = tmp_path / name
+        # a victim's answers on the reference universe; a reference model's are its own query
+        query = d / "queries" / ("reference" if name == "victim" else "mia")
         confidence = (
             1.0 + difficulty + effect * np.isin(np.arange(n), trained_on) + rng.normal(0, 0.3, n)
         )
         logits = (masks * 2.0 - 1.0) * confidence[:, None, None]
-        write_npy(d / "queries" / "reference" / "logits.npy", logits[:, None].astype(np.float16))
-        write_csv(d / "queries" / "reference" / "samples.csv", universe)
+        write_npy(query / "logits.npy", logits[:, None].astype(np.float16))
+        write_csv(query / "samples.csv", universe)
         write_csv(
             d / "members.csv",
             pd.DataFrame({"row": trained_on, "sample_id": [ids[i] for i in trained_on]}),

@@ -108,7 +108,7 @@ def test_one_seed_rehearsal_runs_every_study_of_the_paper_config(tmp_path):
     ran = {
         rule: len(list((root / "benchmarks" / rule).rglob("*.tsv")))
         for rule in ("download", "fetch_weights", "prepare", "split", "train", "query")
-        + ("fit_attack", "eval_attack", "threshold_attack", "reference_attacks", "backdoor")
+        + ("fit_attack", "evaluate", "reference_attacks", "backdoor")
     }
     assert ran == {rule: planned[rule] for rule in ran}
     assert len(list((root / "benchmarks").rglob("*.tsv"))) == sum(planned.values()) - 1

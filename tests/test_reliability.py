@@ -354,7 +354,7 @@ def test_gpu_out_of_memory_says_lower_the_batch_size_and_a_rerun_resumes(
     [
         ("fit-attack", "Lower attack.batch_size"),
         ("query", "Run fewer GPU jobs at once (snakemake --resources gpu=1)"),
-        ("eval-attack", "Run fewer GPU jobs at once"),
+        ("evaluate", "Run fewer GPU jobs at once"),
     ],
 )
 def test_every_gpu_step_turns_out_of_memory_into_advice(monkeypatch, capsys, step, hint):
@@ -366,8 +366,8 @@ def test_every_gpu_step_turns_out_of_memory_into_advice(monkeypatch, capsys, ste
         "fit-attack": ["--shadow-query", "q", "--data", "d", "--spec", "{}", "--out", "o"],
         "query": ["--model", "m", "--data", "d", "--split", "s", "--pool", "victim"]
         + ["--train-size", "1", "--sizes", "{}", "--out", "o"],
-        "eval-attack": ["--attack-model", "a", "--victim-query", "q", "--data", "d"]
-        + ["--spec", "{}", "--out", "o"],
+        "evaluate": ["--victim-query", "q", "--shadow-model", "s", "--shadow-query", "sq"]
+        + ["--data", "d", "--specs", "{}", "--out", "o"],
     }[step]
     assert cli.main([step, *args]) == 1
     assert hint in _one_error_line(capsys.readouterr().err, step)

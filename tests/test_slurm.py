@@ -36,10 +36,8 @@ REMOTE_RULES = {
     "synthesize",
     "split",
     "train",
-    "query",
     "fit_attack",
-    "eval_attack",
-    "threshold_attack",
+    "evaluate",
 }
 LOCAL_RULES = {
     "table",
@@ -55,8 +53,8 @@ TIMING = ["train_seconds", "job_seconds"]
 COMPARED_FILES = (
     "ct/models/victim/tiny/none/n24_s0/metrics.json",
     "ct/models/shadow/tiny/none/n24_s0/metrics.json",
-    "ct/attacks/type2/none/tiny/none/vs_tiny/none/n24_s0/scores.csv",
-    "ct/attacks/global_loss/none/tiny/none/vs_tiny/none/n24_s0/scores.csv",
+    "ct/attacks/none/tiny/none/vs_tiny/none/n24_s0/type2/scores.csv",
+    "ct/attacks/none/tiny/none/vs_tiny/none/n24_s0/global_loss/scores.csv",
     "tables/grid/type2.csv",
     "tables/grid/global_loss.csv",
 )  # the only run-dependent columns of summary/models.csv
@@ -114,7 +112,7 @@ def cluster_test_profile(dest: Path, partition: str) -> Path:
     Kept from the real profile: the executor, squeue status checks, runtimes, the rules' resource
     structure. Changed: partition (and no account), no GPUs, 1 thread and at most 1000 MB per job
     (the GPU rules ask for 8 CPUs and 32 GB on a real cluster), short status-check intervals, and
-    connected jobs grouped into one SLURM job each (data, model, attack): the plugin's status
+    connected jobs grouped into one SLURM job each (data, attack): the plugin's status
     checks back off by 10 s per check, so every sequential level of SLURM jobs costs ~30-60 s."""
     profile = load_yaml(REPO / "profiles" / "slurm" / "config.yaml")
     defaults = profile["default-resources"]
@@ -140,10 +138,8 @@ def cluster_test_profile(dest: Path, partition: str) -> Path:
             "groups": {
                 "synthesize": "data",
                 "split": "data",
-                "train": "model",
-                "query": "model",
                 "fit_attack": "attack",
-                "eval_attack": "attack",
+                "evaluate": "attack",
             },
         }
     )
@@ -221,9 +217,9 @@ def check_jobs_went_through_sbatch(runs):
         f"{len(jobs)} SLURM jobs (sbatch): "
         + ", ".join(f"{j} {p.parent.name}" for j, p in jobs.items())
     )
-    # 5 submissions: data (synthesize + split), 2 x model (train + query), attack (fit_attack +
-    # eval_attack), threshold_attack (global loss)
-    assert len(jobs) == 5, out[-4000:]
+    # 4 submissions: data (synthesize + split), 2 x train (each queries its model), attack
+    # (fit_attack + evaluate: the learned and the global-loss attack in one job)
+    assert len(jobs) == 4, out[-4000:]
     run_id = re.search(r"^SLURM run ID: (\S+)$", out, re.M).group(1)
     jobcomp = JOBCOMP_LOG.read_text()  # SLURM's own record of finished jobs
     ran_in_slurm = set()

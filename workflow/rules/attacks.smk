@@ -38,69 +38,47 @@ rule fit_attack:
         " --spec {params.spec:q} {params.weights} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 
 
-rule eval_attack:
-    """Score a victim's MIA set with a fitted learned attack: scores, metrics, null control."""
-    input:
-        unpack(lambda w: prepared(w.dataset)),
-        attack=lambda w: f"{ROOT}/{evaluation_of(w).attack_model()}/attack.pt",
-        logits=lambda w: f"{ROOT}/{victim_query(w)}/logits.npy",
-        samples=lambda w: f"{ROOT}/{victim_query(w)}/samples.csv",
-    output:
-        scores=f"{ROOT}/{plan.EVALUATION}/scores.csv",
-        metrics=f"{ROOT}/{plan.EVALUATION}/metrics.json",
-    log:
-        f"{ROOT}/logs/eval_attack/{plan.EVALUATION}.log",
-    benchmark:
-        f"{ROOT}/benchmarks/eval_attack/{plan.EVALUATION}.tsv"
-    wildcard_constraints:
-        attack="|".join(names.LEARNED),
-    conda:
-        ENV
-    threads: CFG["threads"]
-    resources:
-        gpu=GPU,
-    params:
-        spec=evaluation_spec,
-        data=prepared_dir,
-        attack=lambda w, input: str(Path(input.attack).parent),
-        query=lambda w, input: str(Path(input.logits).parent),
-        out=lambda w, output: str(Path(output.metrics).parent),
-        runtime=RUNTIME,
-    shell:
-        "python -m segmia eval-attack --attack-model {params.attack} --victim-query {params.query}"
-        " --data {params.data} --spec {params.spec:q} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
-
-
-rule threshold_attack:
-    """Global-loss or loss-aggregate threshold attack on a victim's MIA set."""
+rule evaluate:
+    """Every attack on one victim by one shadow under one release (learned and threshold): scores, metrics, null control."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         shadow=lambda w: f"{ROOT}/{shadow_of(w).path()}/metrics.json",
         shadow_query=lambda w: f"{ROOT}/{shadow_query(w)}/logits.npy",
         logits=lambda w: f"{ROOT}/{victim_query(w)}/logits.npy",
         samples=lambda w: f"{ROOT}/{victim_query(w)}/samples.csv",
+        attacks=lambda w: [
+            f"{ROOT}/{path}/attack.pt" for path in group_attack_models(w).values()
+        ],
     output:
-        scores=f"{ROOT}/{plan.EVALUATION}/scores.csv",
-        metrics=f"{ROOT}/{plan.EVALUATION}/metrics.json",
+        directory(f"{ROOT}/{plan.EVALUATIONS}"),
     log:
-        f"{ROOT}/logs/threshold_attack/{plan.EVALUATION}.log",
+        f"{ROOT}/logs/evaluate/{plan.EVALUATIONS}.log",
     benchmark:
-        f"{ROOT}/benchmarks/threshold_attack/{plan.EVALUATION}.tsv"
+        f"{ROOT}/benchmarks/evaluate/{plan.EVALUATIONS}.tsv"
     wildcard_constraints:
-        attack=rf"({'|'.join(names.THRESHOLD)})(\.{THRESHOLD_TOKEN})?",
+        svariant=NOT_REFERENCE_SET,
     conda:
         ENV
+    threads: CFG["threads"]
+    resources:
+        # a group of threshold attacks alone needs no GPU
+        gpu=lambda w: GPU if group_attack_models(w) else 0,
     params:
-        spec=evaluation_spec,
+        specs=group_specs,
         data=prepared_dir,
         shadow=lambda w, input: str(Path(input.shadow).parent),
         shadow_query=lambda w, input: str(Path(input.shadow_query).parent),
         query=lambda w, input: str(Path(input.logits).parent),
-        out=lambda w, output: str(Path(output.metrics).parent),
+        attack_models=lambda w: " ".join(
+            f"{attack}={ROOT}/{path}"
+            for attack, path in group_attack_models(w).items()
+        ),
+        runtime=RUNTIME,
     shell:
-        "python -m segmia threshold-attack --shadow-model {params.shadow} --shadow-query {params.shadow_query}"
-        " --victim-query {params.query}"
-        " --data {params.data} --spec {params.spec:q} --out {params.out} 2> {log}"
+        "python -m segmia evaluate --victim-query {params.query} --shadow-model {params.shadow}"
+        " --shadow-query {params.shadow_query} --data {params.data} --specs {params.specs:q}"
+        " --attack-models {params.attack_models} --out {output} --threads {threads}"
+        " {params.runtime} 2> {log}"
 
 
 rule reference_attacks:
@@ -109,18 +87,11 @@ rule reference_attacks:
         unpack(lambda w: prepared(w.dataset)),
         unpack(reference_inputs),
     output:
-        **{
-            attack: f"{ROOT}/{reference_evaluation(attack)}/metrics.json"
-            for attack in names.REFERENCE
-        },
-        **{
-            f"{attack}_scores": f"{ROOT}/{reference_evaluation(attack)}/scores.csv"
-            for attack in names.REFERENCE
-        },
+        directory(f"{ROOT}/{REFERENCE_EVALUATIONS}"),
     log:
-        f"{ROOT}/logs/reference_attacks/{reference_evaluation('all')}.log",
+        f"{ROOT}/logs/reference_attacks/{REFERENCE_EVALUATIONS}.log",
     benchmark:
-        f"{ROOT}/benchmarks/reference_attacks/{reference_evaluation('all')}.tsv"
+        f"{ROOT}/benchmarks/reference_attacks/{REFERENCE_EVALUATIONS}.tsv"
     wildcard_constraints:
         refset=plan.REFERENCE_SET,
     conda:
@@ -130,9 +101,7 @@ rule reference_attacks:
         data=prepared_dir,
         victim=lambda w: f"{ROOT}/{victim_of(w).path()}",
         refs=lambda w: [f"{ROOT}/{m.path()}" for m in reference_models(w)],
-        outs=lambda w, output: " ".join(
-            f"{a}={Path(output[a]).parent}" for a in names.REFERENCE
-        ),
+        outs=lambda w, output: " ".join(f"{a}={output}/{a}" for a in names.REFERENCE),
     shell:
         "python -m segmia reference-attacks --victim-model {params.victim} --references {params.refs}"
         " --data {params.data} --spec {params.spec:q} --out {params.outs} 2> {log}"

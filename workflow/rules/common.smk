@@ -7,7 +7,7 @@ from pathlib import Path
 from segmia import plan
 from segmia.attacks import names
 from segmia.config import PUBLIC_SOURCES, load_config
-from segmia.data.names import QUERY_POOLS
+from segmia.data.names import OWN_QUERY, QUERY_POOLS
 from segmia.models.poisoning import TARGETS, TRIGGERS
 from segmia.hardware import gpu_visible
 from segmia.models import weights as pretrained
@@ -120,12 +120,20 @@ def teacher_input(wildcards):
     return {"teacher": f"{ROOT}/{plan.teacher(model_from(wildcards)).path()}/model.pt"}
 
 
-def study_inputs(wildcards, table=None):
-    """Files a study's table or figure reads: evaluations, victims' metrics, backdoor results."""
-    evaluations = plan.table_evaluations(CFG, wildcards.study, table)
+def study_evaluations(wildcards):
+    """The evaluations a study's table (an architectures study: one table per attack) or figure
+    reads."""
+    return plan.table_evaluations(CFG, wildcards.study, wildcards.get("table"))
+
+
+def study_inputs(wildcards):
+    """What a study's table or figure reads: its evaluation groups' directories (one job writes
+    each), the victims' metrics, backdoor results."""
+    evaluations = study_evaluations(wildcards)
     files = {
-        "evaluations": [f"{ROOT}/{ev.path()}/metrics.json" for ev in evaluations],
-        "scores": [f"{ROOT}/{ev.path()}/scores.csv" for ev in evaluations],
+        "evaluations": list(
+            dict.fromkeys(f"{ROOT}/{ev.group()}" for ev in evaluations)
+        ),
         "models": [
             f"{ROOT}/{m.path()}/metrics.json"
             for m in plan.study_victims(CFG, wildcards.study)
@@ -138,9 +146,13 @@ def study_inputs(wildcards, table=None):
 
 
 def study_file_args(wildcards, input):
-    """The command-line arguments naming the files of ``study_inputs``."""
+    """The command-line arguments naming the files of ``study_inputs``: each evaluation's
+    metrics.json inside its group's directory."""
     args = [
-        f"--evaluations {' '.join(input.evaluations)}",
+        "--evaluations "
+        + " ".join(
+            f"{ROOT}/{ev.path()}/metrics.json" for ev in study_evaluations(wildcards)
+        ),
         f"--models {' '.join(input.models)}",
     ]
     if "backdoors" in input.keys():
@@ -148,12 +160,15 @@ def study_file_args(wildcards, input):
     return " ".join(args)
 
 
-def study_evaluation_files(wildcards, attack=None, name="metrics.json"):
-    return [
-        f"{ROOT}/{ev.path()}/{name}"
-        for ev in EVALUATIONS[wildcards.study]
-        if attack is None or ev.attack_name == attack
-    ]
+def study_groups(wildcards):
+    """The evaluation group directories of a study (its summary's inputs)."""
+    return list(
+        dict.fromkeys(f"{ROOT}/{ev.group()}" for ev in EVALUATIONS[wildcards.study])
+    )
+
+
+def study_evaluation_files(wildcards):
+    return [f"{ROOT}/{ev.path()}/metrics.json" for ev in EVALUATIONS[wildcards.study]]
 
 
 def all_targets():
@@ -208,10 +223,11 @@ def shadow_query(w):
     return shadow.query(plan.split_query(w.release)[1])
 
 
-def reference_evaluation(attack):
-    """Evaluation path pattern of a reference attack: the "shadow" is a reference set, K
-    reference models of a training variant (plan.reference_set)."""
-    return plan.EVALUATION.replace("{attack}", attack).replace("{svariant}", "{refset}")
+# the evaluations of a reference attack: the "shadow" is a reference set, K reference models of a
+# training variant (plan.reference_set)
+REFERENCE_EVALUATIONS = plan.EVALUATIONS.replace("{svariant}", "{refset}")
+# the "shadow variant" of a shadow-model evaluation group: anything but a reference set
+NOT_REFERENCE_SET = r"(?!refs\d)[A-Za-z][A-Za-z0-9_.]*"
 
 
 def reference_models(w):
@@ -222,8 +238,8 @@ def reference_inputs(w):
     models = [victim_of(w), *reference_models(w)]
     files = {}
     for i, m in enumerate(models):
-        files[f"logits{i}"] = f"{ROOT}/{m.path()}/queries/reference/logits.npy"
-        files[f"samples{i}"] = f"{ROOT}/{m.path()}/queries/reference/samples.csv"
+        files[f"logits{i}"] = f"{ROOT}/{m.reference_query()}/logits.npy"
+        files[f"samples{i}"] = f"{ROOT}/{m.reference_query()}/samples.csv"
         files[f"members{i}"] = f"{ROOT}/{m.path()}/members.csv"
     return files
 
@@ -241,12 +257,35 @@ def reference_spec(w):
     )
 
 
-def evaluation_of(w):
-    return plan.Evaluation(w.dataset, w.attack, w.release, victim_of(w), shadow_of(w))
+# every evaluation the config needs, by the group directory one evaluate job writes
+EVALUATION_GROUPS = plan.evaluation_groups(CFG)
 
 
-def evaluation_spec(w):
-    return as_json(plan.evaluation_spec(CFG, evaluation_of(w)))
+def evaluation_group(w):
+    """The evaluations of an evaluate job's wildcards: every study's attacks on that victim by
+    that shadow under that release."""
+    group = plan.EVALUATIONS.format(**{k: w[k] for k in w.keys()})
+    if group not in EVALUATION_GROUPS:
+        raise ValueError(
+            f"no configured study evaluates {group}: request the tables and figures of a study "
+            "(see 'snakemake --list-target-rules' or the README) rather than an attack directory."
+        )
+    return EVALUATION_GROUPS[group]
+
+
+def group_attack_models(w):
+    """{attack: fitted attack model directory} of the group's learned attacks."""
+    return {
+        ev.attack: ev.attack_model()
+        for ev in evaluation_group(w)
+        if ev.attack_model() is not None
+    }
+
+
+def group_specs(w):
+    return as_json(
+        {ev.attack: plan.evaluation_spec(CFG, ev) for ev in evaluation_group(w)}
+    )
 
 
 def warn_cluster_gpu_limit():

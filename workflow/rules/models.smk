@@ -1,5 +1,5 @@
 rule train:
-    """Train one segmentation model (victim, shadow or reference; any training variant)."""
+    """Train one segmentation model (victim, shadow or reference; any training variant) and query it on its MIA set."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         unpack(teacher_input),
@@ -12,6 +12,8 @@ rule train:
         history=f"{ROOT}/{plan.MODEL}/history.csv",
         metrics=f"{ROOT}/{plan.MODEL}/metrics.json",
         members=f"{ROOT}/{plan.MODEL}/members.csv",
+        logits=f"{ROOT}/{plan.MIA_QUERY}/logits.npy",
+        samples=f"{ROOT}/{plan.MIA_QUERY}/samples.csv",
     log:
         f"{ROOT}/logs/train/{plan.MODEL}.log",
     benchmark:
@@ -38,7 +40,7 @@ rule train:
 
 
 rule query:
-    """Run a trained model over one query pool and store its logits (the attacks' input)."""
+    """Query a trained model on another pool (a victim on the reference universe): logits, per-image losses."""
     input:
         unpack(lambda w: prepared(w.dataset)),
         split=split_file,
@@ -83,6 +85,7 @@ rule query_triggered:
     benchmark:
         f"{ROOT}/benchmarks/query/{plan.QUERY_TRIGGERED}.tsv"
     wildcard_constraints:
+        pool=OWN_QUERY,
         trigger=alternatives(TRIGGERS),
         tsize=r"\d+",
         tvalue=r"\d+",
@@ -96,10 +99,11 @@ rule query_triggered:
         model=lambda w, input: str(Path(input.model).parent),
         out=lambda w, output: str(Path(output.logits).parent),
         sizes=lambda w: as_json(CFG["datasets"][w.dataset]["split"]),
+        pool=lambda w: model_from(w).pool,
         runtime=RUNTIME,
     shell:
         "python -m segmia query --model {params.model} --data {params.data} --split {input.split}"
-        " --pool {wildcards.pool} --train-size {wildcards.size} --sizes {params.sizes:q}"
+        " --pool {params.pool} --train-size {wildcards.size} --sizes {params.sizes:q}"
         " --trigger {wildcards.trigger} --trigger-size {wildcards.tsize}"
         " --trigger-value {wildcards.tvalue} --out {params.out} --threads {threads} {params.runtime} 2> {log}"
 

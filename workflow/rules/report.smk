@@ -1,7 +1,7 @@
 rule table:
     """Render one study table (CSV, Markdown, LaTeX) from its evaluations' metrics."""
     input:
-        unpack(lambda w: study_inputs(w, table=w.table)),
+        unpack(study_inputs),
     output:
         csv=report(
             f"{ROOT}/{plan.TABLE}.csv",
@@ -59,7 +59,7 @@ rule figure:
 rule study_summary:
     """Collect one study's evaluations into its summary CSV."""
     input:
-        lambda w: study_evaluation_files(w),
+        study_groups,
     output:
         f"{ROOT}/summary/studies/{{study}}.csv",
     log:
@@ -68,8 +68,10 @@ rule study_summary:
         f"{ROOT}/benchmarks/summary/{{study}}.tsv"
     conda:
         ENV
+    params:
+        files=study_evaluation_files,
     shell:
-        "python -m segmia study-summary --study {wildcards.study} --out {output} {input} 2> {log}"
+        "python -m segmia study-summary --study {wildcards.study} --out {output} {params.files} 2> {log}"
 
 
 rule summary_attacks:

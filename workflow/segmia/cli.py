@@ -234,37 +234,36 @@ def cmd_fit_attack(args) -> None:
     )
 
 
-def cmd_eval_attack(args) -> None:
-    from .attacks.job import eval_attack_job
+def cmd_evaluate(args) -> None:
+    from .attacks.job import evaluate_job
+    from .attacks.names import LEARNED
 
-    eval_attack_job(
-        attack_dir=args.attack_model,
+    # a group of threshold attacks alone reads stored answers: no device to set up
+    learned = any(spec.get("attack") in LEARNED for spec in args.specs.values())
+    evaluate_job(
+        specs=args.specs,
         victim_query=args.victim_query,
-        data_dir=args.data,
-        spec=args.spec,
-        out_dir=args.out,
-        device=_device(args),
-    )
-
-
-def cmd_threshold_attack(args) -> None:
-    from .attacks.job import threshold_attack_job
-
-    threshold_attack_job(
-        kind=args.spec["attack"],
         shadow_model=args.shadow_model,
-        victim_query=args.victim_query,
-        data_dir=args.data,
-        spec=args.spec,
-        out_dir=args.out,
         shadow_query=args.shadow_query,
+        data_dir=args.data,
+        out_dir=args.out,
+        device=_device(args) if learned else None,
+        attack_models=dict(_pair(item) for item in args.attack_models),
     )
+
+
+def _pair(text: str) -> tuple[str, str]:
+    """NAME=VALUE."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise SegmiaError(f"{text!r} is not NAME=DIR (e.g. type2=results/.../attack_models/...)")
+    return name, value
 
 
 def cmd_reference_attacks(args) -> None:
     from .attacks.job import reference_attacks_job
 
-    outs = dict(item.split("=", 1) for item in args.out)
+    outs = dict(_pair(item) for item in args.out)
     reference_attacks_job(
         victim=args.victim_model,
         references=args.references,
@@ -528,31 +527,34 @@ def parser() -> argparse.ArgumentParser:
     _runtime(s)
     s.set_defaults(func=cmd_fit_attack)
 
-    s = sub.add_parser("eval-attack", help="apply a fitted learned attack to a victim")
-    s.add_argument("--attack-model", required=True, type=Path)
-    s.add_argument("--victim-query", required=True, type=Path)
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--spec", type=_json, required=True)
-    s.add_argument("--out", required=True, type=Path)
-    _runtime(s)
-    s.set_defaults(func=cmd_eval_attack)
-
     s = sub.add_parser(
-        "threshold-attack", help="global-loss or loss-map aggregate attack on a victim"
+        "evaluate",
+        help="every attack on one victim by one shadow under one release (learned and threshold)",
     )
+    s.add_argument("--victim-query", required=True, type=Path)
     s.add_argument("--shadow-model", required=True, type=Path)
     s.add_argument(
         "--shadow-query",
+        required=True,
         type=Path,
-        help="the shadow's query the aggregates calibrate on (default: its clean query)",
+        help="the shadow's query (queried as the victim is): the aggregates calibrate on it",
     )
-    s.add_argument("--victim-query", required=True, type=Path)
     s.add_argument("--data", required=True, type=Path)
     s.add_argument(
-        "--spec", type=_json, required=True, help="evaluation spec; its 'attack' names the attack"
+        "--specs",
+        type=_json,
+        required=True,
+        help='evaluation specs by attack directory name, e.g. {"type2": {...}} (JSON or @file)',
     )
-    s.add_argument("--out", required=True, type=Path)
-    s.set_defaults(func=cmd_threshold_attack)
+    s.add_argument(
+        "--attack-models",
+        nargs="*",
+        default=[],
+        help="ATTACK=DIR: the fitted model of every learned attack among --specs",
+    )
+    s.add_argument("--out", required=True, type=Path, help="the group directory (one per attack)")
+    _runtime(s)
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("reference-attacks", help="LiRA and RMIA on K reference models")
     s.add_argument("--victim-model", required=True, type=Path)

@@ -51,17 +51,18 @@ NOTES = (
     "a shape without its own benchmark row is scaled from the same architecture's nearest "
     "measured shape by pixel count",
     "start-up = each planned job's fixed cost (interpreter, imports, device initialisation, model "
-    "build and first forward; the benchmark's startup rows) x the jobs of its rule: train and "
-    "query per new model, fit per learned attack model, one job per evaluation, per table and "
-    "per figure",
+    "build and first forward; the benchmark's startup rows) x the jobs of its rule: one per new "
+    "model (training and its MIA-set query), per victim queried on the reference universe or "
+    "with a trigger, per learned attack model, per evaluation group (every attack on one victim "
+    "by one shadow under one release), per reference-attack victim, per table and per figure",
 )
 #: the benchmark's startup row (``setting``) that stands for each rule's jobs
 STARTUP_RULES = {
-    "train": "train",
-    "query": "query",
+    "train": "train",  # trains the model and queries its MIA set in the same process
+    "query": "query",  # a victim on the reference universe, a poisoning study's triggered query
     "fit_attack": "fit_attack",
-    "eval_attack": "eval_attack",
-    "threshold_attack": "threshold_attack",
+    "evaluate": "eval_attack",  # an evaluation group with a learned attack (its classifier)
+    "evaluate_threshold": "threshold_attack",  # a group of threshold attacks alone
     "reference_attacks": "eval_attack",
     "report": "table",
 }
@@ -332,6 +333,8 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
     recipe = config["attack"]
     done_models: set[plan.Model] = set()
     done_attacks: set[str] = set()
+    done_reference_queries: set[plan.Model] = set()
+    done_groups: set[str] = set()
     out = []
     for name in config["studies"]:
         cost = dict.fromkeys(STAGES, 0.0)
@@ -344,8 +347,7 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
             if model in done_models:
                 continue
             done_models.add(model)
-            jobs["train"] += 1
-            jobs["query"] += 1
+            jobs["train"] += 1  # its MIA-set query runs in the same job
             ds = config["datasets"][model.dataset]
             shape = dataset_shape(config, model.dataset)
             arch = config["architectures"][model.arch]
@@ -381,6 +383,7 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
             cost["query"] += queried / infer
         references = set()
         triggered = set()  # (model, query trigger) of a poisoning study's triggered queries
+        groups: dict[str, bool] = {}  # evaluation group -> has a learned attack
         for ev in plan.study_evaluations(config, name):
             ds = config["datasets"][ev.dataset]
             c, h, w, k_out = dataset_shape(config, ev.dataset)
@@ -399,10 +402,10 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
             if ev.shadow.role == "reference":
                 references.add((ev.victim, ev.shadow))  # one job runs every reference attack
                 continue
+            if ev.group() not in done_groups:
+                groups[ev.group()] = groups.get(ev.group(), False) or attack_model is not None
             if attack_model is None:
-                jobs["threshold_attack"] += 1
                 continue
-            jobs["eval_attack"] += 1
             channels = 2 * k_out if ev.attack_name == "type2" else k_out
             shape = (channels, h, w, None)
             score = look.optional_rate("attack_score", recipe["classifier"], shape)
@@ -415,6 +418,18 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
                 cost["attack_fit"] += recipe["epochs"] * n / fit + n / score
             cost["attack_eval"] += (1 + recipe["last_k"]) * n / score
         jobs["reference_attacks"] = len(references)
+        for victim in {victim for victim, _ in references} - done_reference_queries:
+            done_reference_queries.add(victim)  # its query of the reference universe
+            jobs["query"] += 1
+            ds = config["datasets"][victim.dataset]
+            universe = 2 * victim.size + int(ds["split"]["val_size"]) + int(ds["split"]["mia_size"])
+            key = arch_key(config["architectures"][victim.arch])
+            cost["query"] += universe / look.rate(
+                "extract", key, dataset_shape(config, victim.dataset), 64
+            )
+        done_groups.update(groups)
+        jobs["evaluate"] = sum(groups.values())
+        jobs["evaluate_threshold"] = len(groups) - jobs["evaluate"]
         for rule, count in jobs.items():
             per_job = look.startup(rule)
             if per_job is None:

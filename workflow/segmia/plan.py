@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from . import protocol
 from .attacks import names
 from .config import REFERENCE_SETTINGS, RELEASE_DEFENCES, study_seeds
-from .data.names import REFERENCE_POOL, reference_unit
+from .data.names import OWN_QUERY, REFERENCE_POOL, reference_unit
 from .models.poisoning import DEFAULT_SCHEDULE, TRIGGERS
 
 SPLIT = "{dataset}/splits/s{seed}.csv"
 MODEL = "{dataset}/models/{role}/{arch}/{variant}/n{size}_s{seed}"
 QUERY = MODEL + "/queries/{pool}"
+#: a model's answers on its own pool's MIA set: written by the job that trains it
+MIA_QUERY = QUERY.replace("{pool}", OWN_QUERY)
 ATTACK_MODEL = "{dataset}/attack_models/{attack}/{release}/{arch}/{variant}/n{size}_s{seed}"
-EVALUATION = (
-    "{dataset}/attacks/{attack}/{release}/{varch}/{vvariant}/vs_{sarch}/{svariant}/n{size}_s{seed}"
-)
+#: every attack on one victim, by one shadow (or reference set), under one release: one job
+EVALUATIONS = "{dataset}/attacks/{release}/{varch}/{vvariant}/vs_{sarch}/{svariant}/n{size}_s{seed}"
+EVALUATION = EVALUATIONS + "/{attack}"
 TABLE = "tables/{study}/{table}"
 FIGURE = "figures/{study}/{figure}"
 PREPARED = "prepared/{dataset}"
@@ -83,10 +85,18 @@ class Model:
         return MODEL.format(**self.__dict__)
 
     def query(self, trigger: str | None = None) -> str:
-        """The model's answers on the MIA set of its own pool; ``trigger``: a query-trigger token
-        (:func:`query_token`), the answers with that trigger written into the images."""
-        path = QUERY.format(**self.__dict__, pool=self.pool)
+        """The model's answers on the MIA set of its own pool (written by its training job);
+        ``trigger``: a query-trigger token (:func:`query_token`), the answers with that trigger
+        written into the images."""
+        path = MIA_QUERY.format(**self.__dict__)
         return f"{path}.{trigger}" if trigger else path
+
+    def reference_query(self) -> str:
+        """The model's answers on the reference universe (LiRA/RMIA): a reference model's own
+        query, a victim's query of the reference pool."""
+        if self.pool == REFERENCE_POOL:
+            return self.query()
+        return QUERY.format(**self.__dict__, pool=REFERENCE_POOL)
 
 
 @dataclass(frozen=True)
@@ -116,9 +126,13 @@ class Evaluation:
         return split_query(self.release)[1]
 
     def path(self) -> str:
-        return EVALUATION.format(
+        return f"{self.group()}/{self.attack}"
+
+    def group(self) -> str:
+        """The directory of every evaluation of this victim by this shadow under this release,
+        written by one job."""
+        return EVALUATIONS.format(
             dataset=self.dataset,
-            attack=self.attack,
             release=self.release,
             varch=self.victim.arch,
             vvariant=self.victim.variant,
@@ -372,6 +386,18 @@ def all_evaluations(config: dict) -> dict[str, list[Evaluation]]:
     return {name: study_evaluations(config, name) for name in config["studies"]}
 
 
+def evaluation_groups(config: dict) -> dict[str, list[Evaluation]]:
+    """Every evaluation the config needs, by group (:meth:`Evaluation.group`): what one job
+    evaluates, the attacks of every study on that victim, shadow and release."""
+    groups: dict[str, list[Evaluation]] = {}
+    for evaluations in all_evaluations(config).values():
+        for ev in evaluations:
+            group = groups.setdefault(ev.group(), [])
+            if ev not in group:
+                group.append(ev)
+    return groups
+
+
 def model_studies(config: dict) -> dict[Model, list[str]]:
     """Every segmentation model the config needs, each once, with the studies that use it."""
     models: dict[Model, list[str]] = {}
@@ -439,9 +465,8 @@ def model_spec(config: dict, model: Model) -> dict:
     training = ds["training"]
     if switches["input_scale"] != protocol.SEGMIA["input_scale"]:
         training = {**training, "input_scale": switches["input_scale"]}
-    # reference models draw from the reference universe (at its membership unit), min-max's inner
-    # attack may train on the MIA set: both need the dataset's split sizes
-    needs_split = model.pool == "reference" or variant["type"] == "minmax"
+    # the split sizes: the MIA set the training job queries the model on, the reference
+    # universe a reference model draws from (at its membership unit), min-max's inner MIA set
     unit = {"reference_unit": reference_unit(ds["split"])} if model.pool == "reference" else {}
     return {
         "dataset": model.dataset,
@@ -454,7 +479,7 @@ def model_spec(config: dict, model: Model) -> dict:
         "train_size": model.size,
         "seed": model.seed,
         "training": training,
-        **({"split": ds["split"]} if needs_split else {}),
+        "split": ds["split"],
         **unit,
     }
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.names import OWN_QUERY, REFERENCE_POOL
 from ..io import read_csv, read_json, read_torch, write_csv, write_json, write_torch
 from ..models.losses import per_image_dice_loss
 from ..models.weights import attack_file, require
@@ -47,7 +48,7 @@ from .metrics import (
     roc_metrics,
     threshold_metrics,
 )
-from .names import AGGREGATES, LOSS_MAP_PARTS
+from .names import AGGREGATES, LEARNED, LOSS_MAP_PARTS
 from .outputs import QuerySet
 from .release import release
 
@@ -230,7 +231,7 @@ def threshold_attack_job(
         )
         threshold = -read_json(Path(shadow_model) / "metrics.json")[key]
     else:
-        shadow = QuerySet(shadow_query or Path(shadow_model) / "queries" / "shadow", data_dir)
+        shadow = QuerySet(shadow_query or Path(shadow_model) / "queries" / OWN_QUERY, data_dir)
         threshold = best_threshold(
             shadow.labels, _released_statistic(shadow, kind, spec["release"])
         )
@@ -248,6 +249,55 @@ def threshold_attack_job(
     )
 
 
+def evaluate_job(
+    *,
+    specs: dict[str, dict],
+    victim_query: str | Path,
+    shadow_model: str | Path,
+    shadow_query: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    device: torch.device | None,
+    attack_models: dict[str, str | Path] | None = None,
+) -> dict[str, dict]:
+    """Every attack of one evaluation group (one victim, one shadow, one release) in one process:
+    ``specs`` maps each evaluation's directory name in ``out_dir`` (the attack with its protocol
+    token) to its spec; a learned attack applies its fitted model (``attack_models``), a
+    threshold attack calibrates on the shadow. ``device``: the learned attacks' (threshold attacks
+    run on the CPU)."""
+    out_dir, attack_models = Path(out_dir), attack_models or {}
+    results = {}
+    for attack, spec in specs.items():
+        kind = spec["attack"]
+        if kind in LEARNED:
+            if attack not in attack_models:
+                from ..errors import SegmiaError
+
+                raise SegmiaError(
+                    f"the learned attack {attack!r} needs its fitted model: pass "
+                    f"--attack-models {attack}=<dir> (the fit-attack step's output directory)."
+                )
+            results[attack] = eval_attack_job(
+                attack_dir=attack_models[attack],
+                victim_query=victim_query,
+                data_dir=data_dir,
+                spec=spec,
+                out_dir=out_dir / attack,
+                device=device,
+            )
+        else:
+            results[attack] = threshold_attack_job(
+                kind=kind,
+                shadow_model=shadow_model,
+                victim_query=victim_query,
+                data_dir=data_dir,
+                spec=spec,
+                out_dir=out_dir / attack,
+                shadow_query=shadow_query,
+            )
+    return results
+
+
 # --- reference-model attacks --------------------------------------------------------------------
 
 
@@ -261,8 +311,9 @@ def reference_attacks_job(
 ) -> dict[str, dict]:
     """LiRA (online, offline, fixed variance) and RMIA (online, offline) on K reference models.
 
-    ``victim`` and ``references`` are model directories, each with ``queries/reference`` (the
-    model's answers on the reference universe) and ``members.csv`` (its training rows). The
+    ``victim`` and ``references`` are model directories, each with its answers on the reference
+    universe (a victim's ``queries/reference``, a reference model's own ``queries/mia``) and
+    ``members.csv`` (its training rows). The
     statistic of LiRA is ``spec['statistic']`` (default: logit-scaled mean per-pixel confidence of
     the true label), RMIA's ``spec['rmia_statistic']`` (mean per-pixel true-class probability).
     RMIA's population is ``spec['rmia_population']`` (``all`` or m) of the universe's population
@@ -275,11 +326,11 @@ def reference_attacks_job(
     from .statistics import query_statistic
 
     release_spec = None if spec["release"]["type"] == "none" else spec["release"]
-    target_query = QuerySet(Path(victim) / "queries" / "reference", data_dir)
+    target_query = QuerySet(Path(victim) / "queries" / REFERENCE_POOL, data_dir)
     universe = target_query.samples
     is_target = (universe["part"] == "target").to_numpy()
     is_population = (universe["part"] == "population").to_numpy()
-    queries = [QuerySet(Path(r) / "queries" / "reference", data_dir) for r in references]
+    queries = [QuerySet(Path(r) / "queries" / OWN_QUERY, data_dir) for r in references]
     for q in queries:
         if not q.samples["row"].equals(universe["row"]):
             from ..errors import DataError

@@ -7,6 +7,9 @@ POOLS = ("victim", "shadow")
 REFERENCE_POOL = "reference"
 #: what a model can be queried on: a pool's MIA set, or the reference universe
 QUERY_POOLS = (*POOLS, REFERENCE_POOL)
+#: the query directory of a model's answers on its own pool's MIA set (a reference model's: the
+#: reference universe), written by the job that trains it
+OWN_QUERY = "mia"
 #: values of ``split.groups``, the membership unit (the schema's enum is this tuple)
 GROUPINGS = ("whole", "pools", "ordered", "none")
 #: what a reference model draws IN or OUT whole (``reference_unit``)

@@ -4,7 +4,9 @@ A model directory holds ``model.pt`` (state dict, loadable with ``weights_only=T
 ``spec.json`` (everything that determines the weights), ``history.csv`` (one row per epoch),
 ``metrics.json`` (final validation Dice/IoU/loss, last-epoch training loss, wall time) and
 ``members.csv`` (its training rows; under a ``fixed_subset`` poisoning variant also ``poisoned``,
-1 for the training images poisoned in every epoch).
+1 for the training images poisoned in every epoch), and ``queries/mia/`` (``logits.npy``,
+``samples.csv``: the model's answers on its own pool's MIA set, a reference model's on the
+reference universe, the attacks' input), queried in the same job.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.names import OWN_QUERY
 from ..data.prepared import load_prepared
 from ..data.split import read_split, reference_training_rows, role_indices, train_indices
 from ..errors import SegmiaError
@@ -114,6 +117,7 @@ def train_job(
     data = load_prepared(data_dir, check=False)
     split = read_split(split_path)
     pool, variant = spec["pool"], spec["variant"]
+    sizes = _split_sizes(spec)  # before training: the query after it needs them
     train_rows = training_rows(split, spec)
     val_rows = role_indices(split, "victim" if pool == "victim" else "shadow", "val")
     on_device = device if spec["training"].get("data_on_device", True) else torch.device("cpu")
@@ -207,7 +211,37 @@ def train_job(
         seconds,
         f", spent epsilon {metrics['epsilon']:.3f}" if "epsilon" in metrics else "",
     )
+    # the attacks' input, in the same process: the model's answers on its own pool's MIA set
+    # (loaded back from model.pt, as any later query loads it)
+    from ..attacks.outputs import query_job
+
+    query_job(
+        model_dir=out_dir,
+        data_dir=data_dir,
+        split_path=split_path,
+        pool=pool,
+        train_size=spec["train_size"],
+        sizes=sizes,
+        out_dir=out_dir / "queries" / OWN_QUERY,
+        device=device,
+    )
+    # the epoch checkpoint goes once every output is written: a failed query resumes after the
+    # last epoch instead of training again
+    Checkpoint(out_dir, spec).clear()
     return metrics
+
+
+def _split_sizes(spec: dict) -> dict:
+    """The dataset's split sizes a model spec carries (its MIA set, the reference universe)."""
+    if "split" not in spec:
+        raise SegmiaError(
+            f"the model spec of {spec.get('dataset', '')!r}/{spec.get('role', '')!r} has no "
+            "'split' (the dataset's split sizes, which define the MIA set the training job "
+            "queries the model on). The planner adds it to every model spec: re-run Snakemake "
+            "with the current workflow, or add the dataset's 'split' section to the spec passed "
+            "to 'segmia train'."
+        )
+    return spec["split"]
 
 
 def _training_set(
@@ -246,7 +280,7 @@ def _training_set(
 
 
 def _write_model(out_dir: Path, spec, model, rows, metrics, split, members, poisoned) -> None:
-    """The model's outputs; its epoch checkpoint goes once they are written."""
+    """The model's files (its query follows)."""
     write_torch(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
     write_json(out_dir / "spec.json", spec)
     table = pd.DataFrame({"row": members, "sample_id": split.loc[members, "sample_id"].to_numpy()})
@@ -255,4 +289,3 @@ def _write_model(out_dir: Path, spec, model, rows, metrics, split, members, pois
     write_csv(out_dir / "members.csv", table)
     write_csv(out_dir / "history.csv", pd.DataFrame(rows))
     write_json(out_dir / "metrics.json", metrics)
-    Checkpoint(out_dir, spec).clear()
