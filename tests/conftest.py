@@ -61,10 +61,19 @@ def tiny_config(tmp_path) -> dict:
 TINY_UNET = {"family": "monai_unet", "channels": [4, 8], "strides": [2], "norm": "batch"}
 
 
+#: the split sizes of most job-level tests' ``synthetic_ct_job`` data
+TINY_SIZES = {"victim_pool": 20, "shadow_pool": 20, "train_size": 12, "val_size": 4, "mia_size": 4}
+
+
 def tiny_spec(
-    train_size: int = 12, variant_name: str = "none", variant: dict | None = None, **training
+    train_size: int = 12,
+    variant_name: str = "none",
+    variant: dict | None = None,
+    split: dict | None = None,
+    **training,
 ) -> dict:
-    """The spec of a victim ``train`` job: the tiny U-Net on ``synthetic_ct_job``'s data;
+    """The spec of a victim ``train`` job: the tiny U-Net on ``synthetic_ct_job``'s data, split
+    with ``split`` (default ``TINY_SIZES``; the job queries its MIA set);
     ``training``: the recipe's keys (defaults: 3 epochs, batch 4, lr 1e-3)."""
     return {
         "dataset": "ct",
@@ -77,6 +86,7 @@ def tiny_spec(
         "train_size": train_size,
         "seed": 0,
         "training": {"epochs": 3, "batch_size": 4, "lr": 1e-3, **training},
+        "split": split or TINY_SIZES,
     }
 
 

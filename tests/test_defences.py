@@ -149,7 +149,7 @@ def test_distilled_student_trains_only_on_reference_images(tmp_path):
     teacher's private training set and from the MIA non-members."""
     sizes = dict(victim_pool=60, shadow_pool=60, train_size=20, val_size=10, mia_size=10)
     synthetic_ct_job(tmp_path, sizes, groups=30)
-    spec = tiny_spec(train_size=20, epochs=3, batch_size=4, lr=3e-3)
+    spec = tiny_spec(train_size=20, split=sizes, epochs=3, batch_size=4, lr=3e-3)
     env = snakemake_env()
 
     def train(out, spec, *extra):

@@ -409,7 +409,10 @@ def test_the_table_splits_fixed_subset_members_and_shows_triggered_queries_besid
     assert len(numeric) == 6
     row = numeric[(numeric["trigger"] == "line") & (numeric["rate"] == 0.4)].iloc[0]
     evaluation = next(
-        p for p in files["evaluations"] if "/global_loss/none/" in p and "line" in p and "p0.4" in p
+        p
+        for p in files["evaluations"]
+        if p.endswith("/global_loss/metrics.json") and "/attacks/none/" in p
+        if "line" in p and "p0.4" in p
     )
     scores = pd.read_csv(evaluation.replace("metrics.json", "scores.csv"))
     clean = scores[~scores["sample_id"].isin(["s0", "s1"])]
@@ -417,12 +420,19 @@ def test_the_table_splits_fixed_subset_members_and_shows_triggered_queries_besid
         row["global_loss_clean_members_auc_mean"], roc_auc_score(clean["member"], clean["score"])
     )
     triggered = next(
-        p for p in files["evaluations"] if "/type2/none.trigger_line_k6_v255/" in p and "p0.4" in p
+        p
+        for p in files["evaluations"]
+        if "/attacks/none.trigger_line_k6_v255/" in p and p.endswith("/type2/metrics.json")
+        if "p0.4" in p
     )
     assert np.isclose(row["type2_triggered_auc_mean"], pd.read_json(triggered, typ="series")["auc"])
     zero = numeric[(numeric["trigger"] == "square") & (numeric["rate"] == 0)].iloc[0]
     assert np.isnan(zero["global_loss_poisoned_members_auc_mean"]), "the clean model poisons none"
-    baseline = next(p for p in files["evaluations"] if "/global_loss/none/unet_deep/none/" in p)
+    baseline = next(
+        p
+        for p in files["evaluations"]
+        if "/attacks/none/unet_deep/none/" in p and p.endswith("/global_loss/metrics.json")
+    )
     scores = pd.read_csv(baseline.replace("metrics.json", "scores.csv"))
     assert np.isclose(
         zero["global_loss_clean_members_auc_mean"], roc_auc_score(scores["member"], scores["score"])
