@@ -590,8 +590,10 @@ def run_query(bench: Bench) -> None:
 
 # --- a job's fixed cost: interpreter, imports, device, model --------------------------------------
 
-#: per rule: the module its CLI step imports, and the network it builds (None: no network).
-#: The probe times what every job of the rule pays before its first image.
+#: per kind of job: the module its CLI step imports, and the network it builds (None: no network).
+#: The probe times what every such job pays before its first image. ``eval_attack`` stands for an
+#: ``evaluate`` job with a learned attack, ``threshold_attack`` for one of threshold attacks alone
+#: (segmia.cost.STARTUP_RULES); ``train`` also queries, after training, with the model it built.
 STARTUP_STEPS = {
     "train": ("segmia.models.job", "segmentation"),
     "query": ("segmia.attacks.outputs", "segmentation"),
