@@ -120,6 +120,11 @@ def teacher_input(wildcards):
     return {"teacher": f"{ROOT}/{plan.teacher(model_from(wildcards)).path()}/model.pt"}
 
 
+def group_dirs(evaluations):
+    """The evaluation group directories (one job writes each) of ``evaluations``, once each."""
+    return list(dict.fromkeys(f"{ROOT}/{ev.group()}" for ev in evaluations))
+
+
 def study_evaluations(wildcards):
     """The evaluations a study's table (an architectures study: one table per attack) or figure
     reads."""
@@ -131,9 +136,7 @@ def study_inputs(wildcards):
     each), the victims' metrics, backdoor results."""
     evaluations = study_evaluations(wildcards)
     files = {
-        "evaluations": list(
-            dict.fromkeys(f"{ROOT}/{ev.group()}" for ev in evaluations)
-        ),
+        "evaluations": group_dirs(evaluations),
         "models": [
             f"{ROOT}/{m.path()}/metrics.json"
             for m in plan.study_victims(CFG, wildcards.study)
@@ -162,9 +165,7 @@ def study_file_args(wildcards, input):
 
 def study_groups(wildcards):
     """The evaluation group directories of a study (its summary's inputs)."""
-    return list(
-        dict.fromkeys(f"{ROOT}/{ev.group()}" for ev in EVALUATIONS[wildcards.study])
-    )
+    return group_dirs(EVALUATIONS[wildcards.study])
 
 
 def study_evaluation_files(wildcards):
@@ -275,11 +276,8 @@ def evaluation_group(w):
 
 def group_attack_models(w):
     """{attack: fitted attack model directory} of the group's learned attacks."""
-    return {
-        ev.attack: ev.attack_model()
-        for ev in evaluation_group(w)
-        if ev.attack_model() is not None
-    }
+    models = {ev.attack: ev.attack_model() for ev in evaluation_group(w)}
+    return {attack: path for attack, path in models.items() if path is not None}
 
 
 def group_specs(w):

@@ -324,6 +324,13 @@ class Lookup:
 STAGES = ("train", "query", "attack_fit", "attack_eval", "startup")
 
 
+def reference_universe_size(ds: dict, size: int) -> int:
+    """Images of a training size's reference universe (what a reference model and its victim
+    answer on): 2N + the validation images + the victim's MIA-set non-members."""
+    split = ds["split"]
+    return 2 * size + int(split["val_size"]) + min(int(split["mia_size"]), size)
+
+
 def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
     """Seconds per stage for every study (work charged to the first study that needs it)."""
     from .models.variants import epochs_for
@@ -377,9 +384,10 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
             if variant["type"] == "minmax":
                 seconds += epochs * 2 * model.size / infer
             cost["train"] += seconds
-            k = min(int(ds["split"]["mia_size"]), model.size)
-            # a reference model answers on the reference universe: 2N + the population
-            queried = 2 * model.size + val + k if model.pool == "reference" else 2 * k
+            if model.pool == "reference":
+                queried = reference_universe_size(ds, model.size)
+            else:
+                queried = 2 * min(int(ds["split"]["mia_size"]), model.size)
             cost["query"] += queried / infer
         references = set()
         triggered = set()  # (model, query trigger) of a poisoning study's triggered queries
@@ -421,8 +429,7 @@ def estimate(config: dict, rows: list[dict]) -> tuple[list[dict], Lookup]:
         for victim in {victim for victim, _ in references} - done_reference_queries:
             done_reference_queries.add(victim)  # its query of the reference universe
             jobs["query"] += 1
-            ds = config["datasets"][victim.dataset]
-            universe = 2 * victim.size + int(ds["split"]["val_size"]) + int(ds["split"]["mia_size"])
+            universe = reference_universe_size(config["datasets"][victim.dataset], victim.size)
             key = arch_key(config["architectures"][victim.arch])
             cost["query"] += universe / look.rate(
                 "extract", key, dataset_shape(config, victim.dataset), 64
