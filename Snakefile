@@ -22,6 +22,9 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/common.smk"
+
+
 # Jobs import the segmia package of this checkout, run by the interpreter Snakemake runs under
 # (so .venv/bin/snakemake works without activating the venv), or under --sdm conda by the env's.
 shell.prefix(
@@ -32,10 +35,10 @@ shell.prefix(
         if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
         else f"export PATH='{Path(sys.executable).parent}':\"$PATH\"; "
     )
+    + (f"export {warm.ENV}={WARM_SOCKET}; " if WARM_SOCKET else "")
 )
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/weights.smk"
@@ -64,11 +67,18 @@ rule all:
 
 onstart:
     warn_cluster_gpu_limit()
+    warm.start(
+        WARM_SOCKET,
+        Path(ROOT) / "logs" / "warm_worker.log",
+        f"{workflow.basedir}/workflow",
+    )
 
 
 onsuccess:
+    warm.stop()
     print_outputs()
 
 
 onerror:
+    warm.stop()
     print(failure_report(log), file=sys.stderr)

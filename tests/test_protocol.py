@@ -254,3 +254,21 @@ def test_validate_every_k_epochs_validates_the_first_every_kth_and_the_last(tmp_
     validated = [not np.isnan(r["val_loss"]) for r in rows]
     assert validated == [True, False, True, True]  # epochs 1, 3 and the last
     assert all(not np.isnan(r["train_loss"]) for r in rows)
+
+
+def test_a_dp_model_accounts_its_spent_epsilon_where_it_is_validated(tmp_path):
+    """PRV accounting costs ~0.5 s a call: the per-epoch epsilon is logged on validated epochs,
+    and the reported epsilon is the last epoch's (every step accounted)."""
+    from segmia.models.train import Extras
+
+    data, device = _tiny_data(16), torch.device("cpu")
+    recipe = Recipe(epochs=4, batch_size=4, lr=1e-3, validate_every=2)
+    private = {"epsilon": 8.0, "delta": 1e-2, "max_grad_norm": 1.0, "lr": 1e-3}
+    model = build_model(TINY, 1, 1, private=True)
+    _, rows, info = fit(
+        model, data, data, recipe, Task(2, None), 0, tmp_path, {}, device, Extras(private=private)
+    )
+    spent = [r["epsilon"] for r in rows]
+    assert [not np.isnan(e) for e in spent] == [True, False, True, True]
+    assert 0 < spent[0] < spent[2] < spent[3] <= 8.0 + 0.5
+    assert info["epsilon"] == spent[3] and info["target_epsilon"] == 8.0

@@ -119,9 +119,21 @@ def test_report_has_every_table_figure_and_caption(tiny_run):
     )
 
 
+def test_local_jobs_start_in_the_warm_worker(tiny_run):
+    """A local run forks its jobs from one warm worker (segmia.warm), which logs each job."""
+    tmp, *_ = tiny_run
+    log = (tmp / "results" / "logs" / "warm_worker.log").read_text()
+    served = [line for line in log.splitlines() if " exited " in line]
+    steps = {line.split("worker: ")[1].split(" (process")[0] for line in served}
+    assert {"train", "fit-attack", "evaluate", "table", "figure"} <= steps, log
+    assert all(line.split(" exited ")[1].startswith("0 ") for line in served), log
+
+
 def test_jobs_run_the_interpreter_snakemake_runs_under_whatever_path_says(tmp_path, tiny_config):
     """.venv/bin/snakemake without an activated venv: the jobs' "python -m segmia" must still be
-    this interpreter, not the system's (which lacks the packages)."""
+    this interpreter, not the system's (which lacks the packages). With warm_worker: false no
+    worker starts: every job runs in its own process."""
+    tiny_config["warm_worker"] = False
     configfile = write_config(tmp_path, tiny_config)
     split = f"{tiny_config['results']}/ct/splits/s0.csv"
     proc = run_snakemake(
@@ -134,3 +146,4 @@ def test_jobs_run_the_interpreter_snakemake_runs_under_whatever_path_says(tmp_pa
     )
     assert proc.returncode == 0
     assert pd.read_csv(split)["pool"].isin(["victim", "shadow", "unused"]).all()
+    assert not (tmp_path / "results" / "logs" / "warm_worker.log").exists()

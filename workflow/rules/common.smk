@@ -1,10 +1,12 @@
 # Config -> targets. All logic lives in the segmia package (segmia.config, segmia.plan).
 import json
+import os
 import re
+import secrets
 import sys
 from pathlib import Path
 
-from segmia import plan
+from segmia import plan, warm
 from segmia.attacks import names
 from segmia.config import PUBLIC_SOURCES, load_config
 from segmia.data.names import OWN_QUERY, QUERY_POOLS
@@ -27,6 +29,18 @@ ROOT = CFG["results"]
 RES = CFG["resources"]
 # GPU jobs declare resources: gpu=1 (the profiles cap it) when a GPU is configured or visible.
 GPU = int(CFG["device"] == "cuda" or (CFG["device"] == "auto" and gpu_visible()))
+# A local run on Linux without a GPU and without --sdm conda/apptainer forks its jobs from one
+# warm worker that imported torch & co. once (segmia.warm); elsewhere each job starts afresh.
+WARM_SOCKET = (
+    warm.socket_path(f"{os.getpid()}-{secrets.token_hex(4)}")
+    if CFG["warm_worker"]
+    and not GPU
+    and sys.platform == "linux"
+    and workflow.local_exec
+    and not workflow.remote_exec
+    and not workflow.deployment_settings.deployment_method
+    else None
+)
 # Every rule runs a step of the segmia package of this checkout ("python -m segmia <step>", the
 # same as the console script "segmia <step>"), also inside a --sdm conda environment.
 ENV = "../../envs/segmia.yaml"

@@ -145,6 +145,12 @@ def cmd_replica(args) -> None:
         print(f"{args.out / name}  {digest}")
 
 
+def cmd_warm_worker(args) -> None:
+    from .warm import serve
+
+    serve(args.socket, args.parent)
+
+
 def cmd_rehearsal(args) -> None:
     from .rehearsal import run
 
@@ -620,6 +626,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tables", type=_json, required=True, help="study -> table .md files (JSON)")
     s.add_argument("--figures", type=_json, required=True, help="study -> figure files (JSON)")
     s.set_defaults(func=cmd_reproduction)
+
+    s = sub.add_parser(
+        "warm-worker",
+        help="serve local jobs from one process that has imported torch & co. once (the "
+        "Snakefile starts it; see segmia.warm)",
+    )
+    s.add_argument("--socket", required=True, help="the Unix socket to listen on")
+    s.add_argument(
+        "--parent", type=int, help="exit when this process exits (default: the parent process)"
+    )
+    s.set_defaults(func=cmd_warm_worker)
 
     s = sub.add_parser("check-config", help="validate a config file and list each study's outputs")
     s.add_argument("configfile", type=Path)
