@@ -6,6 +6,7 @@ import pytest
 import torch
 from segmia.attacks.classifier import score_attack
 from segmia.attacks.metrics import (
+    FPR_LEVELS,
     bootstrap_cis,
     null_control,
     null_halves,
@@ -60,6 +61,40 @@ def test_tpr_at_fpr_equals_sklearns_roc_curve_with_ties():
         for level in (0.01, 0.05, 0.2):
             expected = tpr[fpr <= level + 1e-12].max() if (fpr <= level + 1e-12).any() else 0.0
             assert tpr_at_fpr(labels, scores, level) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_bootstrap_equals_recomputing_every_resample(ties, grouped):
+    """The vectorised cluster bootstrap (resamples as group weights) gives exactly the intervals
+    of drawing each resample's groups and recomputing AUC (sklearn) and TPR@FPR on it."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 150)
+    scores = rng.normal(size=150) + 0.6 * labels
+    scores = np.round(scores, 1) if ties else scores
+    groups = rng.integers(0, 12, 150) if grouped else None
+    got = bootstrap_cis(labels, scores, n=300, seed=5, groups=groups)
+
+    units = np.arange(150) if groups is None else groups
+    uniq, unit_of = np.unique(units, return_inverse=True)
+    draws = np.random.default_rng(5)
+    aucs, tprs = [], {key: [] for key in FPR_LEVELS}
+    for _ in range(300):
+        drawn = draws.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([np.flatnonzero(unit_of == g) for g in drawn])
+        y, s = labels[idx], scores[idx]
+        if y.min() == y.max():
+            continue
+        aucs.append(roc_auc_score(y, s))
+        for key, level in FPR_LEVELS.items():
+            tprs[key].append(tpr_at_fpr(y, s, level))
+    q = [0.025, 0.975]
+    assert [got["auc_ci_low"], got["auc_ci_high"]] == pytest.approx(np.quantile(aucs, q), abs=1e-12)
+    for key, values in tprs.items():
+        want = np.quantile(values, q)
+        assert [got[f"{key}_ci_low"], got[f"{key}_ci_high"]] == pytest.approx(want, abs=1e-12)
 
 
 def test_bootstrap_at_the_membership_unit_is_wider_when_groups_drive_the_scores():

@@ -70,27 +70,35 @@ def bootstrap_cis(
     would make the interval too narrow. A resample with only members or only non-members is
     skipped.
     """
-    from scipy.stats import rankdata
-
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
-    _, group_of, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    members_of = np.split(np.argsort(group_of, kind="stable"), np.cumsum(sizes)[:-1])
+    group_of = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    n_groups = int(group_of.max()) + 1
     rng = np.random.default_rng(seed)
+    drawn = np.stack([rng.integers(0, n_groups, n_groups) for _ in range(n)])
+    order = np.argsort(-scores, kind="stable")  # distinct scores descending, ties as one
+    s, y = scores[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
     aucs, tprs = [], {key: [] for key in fpr_levels}
-    for _ in range(n):
-        drawn = rng.integers(0, len(members_of), len(members_of))
-        idx = np.concatenate([members_of[g] for g in drawn])
-        y, s = labels[idx], scores[idx]
-        pos = int(y.sum())
-        neg = len(y) - pos
-        if pos == 0 or neg == 0:
-            continue
-        ranks = rankdata(s)
-        aucs.append((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    chunk = max(1, 2_000_000 // max(len(s), 1))  # resamples at once: bounded memory
+    for first in range(0, n, chunk):
+        # a resample as weights: each sample counts as often as its group was drawn
+        rows = drawn[first : first + chunk]
+        counts = np.zeros((len(rows), n_groups))
+        np.add.at(counts, (np.arange(len(rows))[:, None], rows), 1)
+        weights = counts[:, group_of[order]]
+        pos_at = np.add.reduceat(weights * y, starts, axis=1)  # members' weight per score
+        neg_at = np.add.reduceat(weights * (1 - y), starts, axis=1)
+        tp, fp = np.cumsum(pos_at, axis=1), np.cumsum(neg_at, axis=1)  # at or above a score
+        pos, neg = tp[:, -1], fp[:, -1]
+        kept = (pos > 0) & (neg > 0)  # a resample of members alone or non-members alone: skipped
+        tp, fp, pos_at, neg_at, pos, neg = (a[kept] for a in (tp, fp, pos_at, neg_at, pos, neg))
+        # AUC (Mann-Whitney, ties count half): each member against the non-members below it
+        aucs.extend((pos_at * (neg[:, None] - fp + neg_at / 2)).sum(axis=1) / (pos * neg))
         for key, max_fpr in fpr_levels.items():
-            tprs[key].append(tpr_at_fpr(y, s, max_fpr))
+            ok = fp / neg[:, None] <= max_fpr + 1e-12
+            tprs[key].extend(np.where(ok, tp, 0).max(axis=1) / pos)
     q = [(1 - level) / 2, 1 - (1 - level) / 2]
     out = dict(zip(("auc_ci_low", "auc_ci_high"), map(float, np.quantile(aucs, q)), strict=True))
     for key, values in tprs.items():
