@@ -686,6 +686,54 @@ def run_startup(bench: Bench) -> None:
                 f"model + first forward {med['model']:.2f}"
             ),
         )
+    run_startup_warm(bench)
+
+
+def run_startup_warm(bench: Bench) -> None:
+    """A job's start-up through the warm worker of a local CPU run (segmia.warm) against a fresh
+    interpreter: ``segmia check-config`` (a step of no work) both ways. CPU on Linux only: with a
+    GPU the Snakefile starts no worker."""
+    import tempfile
+
+    if bench.device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    env.pop("SEGMIA_WARM", None)
+    step = [sys.executable, "-m", "segmia", "check-config", str(REPO / "config" / "demo.yaml")]
+    with tempfile.TemporaryDirectory(prefix="segmia-bench-") as tmp:
+        path = Path(tmp) / "w.sock"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "segmia", "warm-worker", "--socket", str(path)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            started = time.perf_counter()
+            while not path.exists():
+                if worker.poll() is not None or time.perf_counter() - started > 120:
+                    raise RuntimeError("the warm worker did not start")
+                time.sleep(0.05)
+            ready = time.perf_counter() - started
+            for setting, extra in (("fresh", {}), ("warm", {"SEGMIA_WARM": str(path)})):
+                walls = []
+                for _ in range(bench.args.repeats):
+                    t0 = time.perf_counter()
+                    subprocess.run(step, env={**env, **extra}, check=True, capture_output=True)
+                    walls.append(time.perf_counter() - t0)
+                wall = statistics.median(walls)
+                bench.add(
+                    [],
+                    0,
+                    group="startup_warm",
+                    setting=setting,
+                    pipeline=0,
+                    startup_s=round(wall, 3),
+                    note=f"{wall:.3f} s per job ({setting})"
+                    + (f"; the worker imports in {ready:.1f} s once per run" if extra else ""),
+                )
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
 
 
 # --- attack classifiers -------------------------------------------------------------------------
@@ -815,7 +863,7 @@ def run_demo(bench: Bench) -> None:
 
 
 GROUP_ROWS = {
-    "startup": ("startup",),
+    "startup": ("startup", "startup_warm"),
     "train": ("train",),
     "dp": ("dp_train",),
     "extract": ("extract", "extract_bs1"),

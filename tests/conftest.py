@@ -16,6 +16,9 @@ BIN = Path(sys.executable).parent
 
 
 def pytest_configure(config):
+    # keep every finished epoch (the default: at most once a minute): the resume tests kill
+    # trainings between epochs; tests/test_checkpoint_interval.py checks the default
+    os.environ["SEGMIA_CHECKPOINT_SECONDS"] = "0"
     # one torch thread per test worker: the suite runs with pytest -n 2 on 2 cores
     import torch
 

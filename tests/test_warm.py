@@ -17,7 +17,10 @@ from conftest import REPO, TINY_SIZES, snakemake_env, synthetic_ct_job, tiny_spe
 from segmia.io import read_json
 
 #: a worker that imports only the command line: the tests' steps import the rest in the child
-SERVE = "import sys; from segmia.warm import serve; serve(sys.argv[1], preload=('segmia.cli',))"
+SERVE = (
+    "import sys; from segmia.cli import main; from segmia.warm import serve; "
+    "serve(sys.argv[1], main, preload=('segmia.cli',))"
+)
 
 
 def _wait_for(predicate, timeout: float = 60, what: str = "the worker") -> None:

@@ -148,7 +148,7 @@ def cmd_replica(args) -> None:
 def cmd_warm_worker(args) -> None:
     from .warm import serve
 
-    serve(args.socket, args.parent)
+    serve(args.socket, main, args.parent)
 
 
 def cmd_rehearsal(args) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import SegmiaError
 from .hardware import gpu_visible  # noqa: F401  (moved: the Snakefile must not import torch)
 from .io import read_torch, write_torch
 
@@ -142,18 +144,42 @@ class EpochProgress:
             self.bar.close()
 
 
+#: a finished epoch is kept at most this often, and the last one always: a kill loses at most
+#: this much training, and small epochs do not pay for writing model and optimizer state each
+#: time. The environment variable SEGMIA_CHECKPOINT_SECONDS overrides it (0: every epoch).
+CHECKPOINT_SECONDS = 60.0
+
+
+def checkpoint_seconds() -> float:
+    value = os.environ.get("SEGMIA_CHECKPOINT_SECONDS", str(CHECKPOINT_SECONDS))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise SegmiaError(
+            f"SEGMIA_CHECKPOINT_SECONDS={value!r} is not a number of seconds >= 0. Set it to how "
+            "often a training job may keep its last finished epoch (0: after every epoch), or "
+            f"unset it for the default of {CHECKPOINT_SECONDS:g} s."
+        )
+    return seconds
+
+
 class Checkpoint:
-    """The last finished epoch of a job, kept beside (not among) its declared outputs.
+    """The last kept epoch of a job, beside (not among) its declared outputs.
 
     Snakemake deletes the outputs of an incomplete job before rerunning it, so the checkpoint lives
     in ``<out>/.checkpoint/``; it is tied to the job's spec (a changed spec starts afresh) and
-    removed once the job's outputs are written.
+    removed once the job's outputs are written. An epoch is kept when ``checkpoint_seconds()``
+    have passed since the last one was (or since the job started), and the last epoch always.
     """
 
     def __init__(self, out_dir: str | Path, spec: dict):
         self.dir = Path(out_dir) / ".checkpoint"
         self.path = self.dir / "last.pt"
         self.key = spec_hash(spec)
+        self.every = checkpoint_seconds()
+        self.kept_at = time.monotonic()
 
     def load(self) -> dict | None:
         if not self.path.exists():
@@ -184,8 +210,14 @@ class Checkpoint:
         set_rng_state(state["rng"])
         return state, list(state["rows"]), int(state["epoch"]) + 1
 
-    def save_epoch(self, epoch: int, rows: list[dict], model, optimizer, scaler, **extra) -> None:
-        """Keep a finished epoch: the states ``resume`` restores, plus the trainer's ``extra``."""
+    def save_epoch(
+        self, epoch: int, rows: list[dict], model, optimizer, scaler, *, last: bool, **extra
+    ) -> None:
+        """Keep a finished epoch when it is due (or ``last``): the states ``resume`` restores,
+        plus the trainer's ``extra``."""
+        if not last and time.monotonic() - self.kept_at < self.every:
+            return
+        self.kept_at = time.monotonic()
         self.save(
             {
                 "model": model.state_dict(),

@@ -32,6 +32,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: the environment variable through which the Snakefile names the worker's socket to its jobs
@@ -136,7 +137,7 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports
 
 
-def _run_step(request: dict, fds: list[int]) -> None:
+def _run_step(step: Callable[[list[str]], int], request: dict, fds: list[int]) -> None:
     """In the forked child: become the job's process, run its step, exit with its status."""
     import random
 
@@ -154,9 +155,7 @@ def _run_step(request: dict, fds: list[int]) -> None:
     random.seed()  # as a fresh interpreter: seeded from the OS, not the worker's state
     code = 1
     try:
-        from .cli import main
-
-        code = main(request["argv"])
+        code = step(request["argv"])
     except SystemExit as err:
         if err.code is None or isinstance(err.code, int):
             code = err.code or 0
@@ -192,8 +191,9 @@ def _alive(conn: socket.socket) -> bool:
 class Worker:
     """The warm worker's accept-fork-reap loop (one thread; SIGCHLD wakes it)."""
 
-    def __init__(self, path: Path, parent: int | None = None):
+    def __init__(self, path: Path, step: Callable[[list[str]], int], parent: int | None = None):
         self.path = Path(path)
+        self.step = step  # segmia.cli.main
         self.parent = parent or os.getppid()  # the worker lives as long as this process
         self.jobs: dict[int, socket.socket] = {}  # running steps: process -> client
         self.steps: dict[int, tuple[str, float]] = {}  # process -> step name, start time
@@ -239,7 +239,7 @@ class Worker:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for sock in (self.listener, self.wake_r, self.wake_w, conn, *self.jobs.values()):
                 sock.close()
-            _run_step(request, fds)
+            _run_step(self.step, request, fds)
         for fd in fds:
             os.close(fd)
         self.jobs[pid] = conn
@@ -312,9 +312,15 @@ class Worker:
                 time.sleep(0.05)
 
 
-def serve(path: Path, parent: int | None = None, preload: tuple[str, ...] = PRELOAD) -> None:
-    """Import ``preload`` once, then run steps for clients at ``path`` until the process
-    ``parent`` (default: the parent process) is no longer this process's parent."""
+def serve(
+    path: Path,
+    step: Callable[[list[str]], int],
+    parent: int | None = None,
+    preload: tuple[str, ...] = PRELOAD,
+) -> None:
+    """Import ``preload`` once, then run ``step(argv)`` (``segmia.cli.main``) for clients at
+    ``path`` until the process ``parent`` (default: the parent process) is no longer this
+    process's parent."""
     import importlib
 
     started = time.monotonic()
@@ -324,7 +330,7 @@ def serve(path: Path, parent: int | None = None, preload: tuple[str, ...] = PREL
     # what was imported stays out of the cyclic GC: a child's collections then never touch (and
     # copy) the worker's pages
     gc.freeze()
-    Worker(path, parent).run()
+    Worker(path, step, parent).run()
 
 
 def socket_path(run_id: str) -> str:

@@ -202,7 +202,9 @@ def train_attack(
                     for k, v in model.state_dict().items()
                 }
             )
-        checkpoint.save_epoch(epoch, rows, model, optimizer, scaler, snapshots=snapshots)
+        checkpoint.save_epoch(
+            epoch, rows, model, optimizer, scaler, last=epoch == epochs - 1, snapshots=snapshots
+        )
         progress.update(epoch, loss=rows[-1]["train_loss"], accuracy=rows[-1]["train_accuracy"])
     progress.close()
     return model, snapshots, rows

@@ -317,6 +317,7 @@ def fit(
             run.trained,
             run.optimizer,
             run.scaler,
+            last=epoch == recipe.epochs - 1,
             transform=_state(extras.transform),
             regulariser=_state(extras.regulariser),
             accountant=engine.accountant.state_dict() if engine is not None else None,
