@@ -48,8 +48,10 @@ def worker():
     assert not path.exists(), "the worker removes its socket when it stops"
 
 
-def _segmia(argv, warm: Path | None, cwd=None, **kwargs) -> subprocess.CompletedProcess:
-    env = snakemake_env()
+def _segmia(
+    argv, warm: Path | None, cwd=None, env_extra: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**snakemake_env(), **(env_extra or {})}
     env.pop("SEGMIA_WARM", None)
     if warm is not None:
         env["SEGMIA_WARM"] = str(warm)
@@ -60,7 +62,6 @@ def _segmia(argv, warm: Path | None, cwd=None, **kwargs) -> subprocess.Completed
         env=env,
         cwd=cwd,
         timeout=300,
-        **kwargs,
     )
 
 
@@ -105,6 +106,23 @@ def test_directory_output_and_exit_status_are_the_jobs(tmp_path, worker):
         ), argv
     assert [line.split(" exited ")[1].split()[0] for line in _served(log)] == ["0", "1", "2"]
     assert own.returncode == 2 and "invalid choice" in own.stderr
+
+
+def test_the_step_sees_the_jobs_environment_however_large(tmp_path, worker):
+    """The worker's own environment keeps every epoch (SEGMIA_CHECKPOINT_SECONDS=0, from the
+    tests' set-up); the job's invalid value must be the one its step reads, and a 600 KB
+    environment arrives whole."""
+    path, log, _ = worker
+    data, split = synthetic_ct_job(tmp_path, TINY_SIZES)
+    big = {f"SEGMIA_TEST_PAD{i}": "x" * 100_000 for i in range(6)}
+    proc = _segmia(
+        train_argv(data, split, tiny_spec(epochs=1), tmp_path / "m"),
+        path,
+        env_extra={**big, "SEGMIA_CHECKPOINT_SECONDS": "soon"},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "SEGMIA_CHECKPOINT_SECONDS='soon' is not a number of seconds" in proc.stderr
+    assert "train (process" in _served(log)[0]
 
 
 def test_without_a_worker_the_step_runs_in_its_own_process(tmp_path):

@@ -83,9 +83,11 @@ def forward(argv: list[str], path: str) -> int | None:
             "umask": umask,
         }
     ).encode()
+    payload = _HEADER.pack(len(request)) + request
     reply = sock.makefile("rb")
     try:
-        socket.send_fds(sock, [_HEADER.pack(len(request)) + request], [0, 1, 2])
+        sent = socket.send_fds(sock, [payload], [0, 1, 2])
+        sock.sendall(payload[sent:])  # in case the socket took a long environment in parts
         started = reply.readline().split()
     except OSError:
         return None
@@ -124,12 +126,17 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
         raise ValueError("a request without its three descriptors")
     (size,) = _HEADER.unpack_from(data)
     body = bytearray(data[_HEADER.size :])
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
-            raise ValueError("a truncated request")
-        body += chunk
-    return json.loads(body), fds
+    try:
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise ValueError("a truncated request")
+            body += chunk
+        return json.loads(body), fds
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _exit_code(status: int) -> int:
