@@ -150,6 +150,10 @@ def test_cancelling_the_job_stops_its_step(tmp_path, worker):
     worker sees the job's connection close and terminates the step)."""
     path, log, proc = worker
     client, _ = _long_training(tmp_path / "term", path)
+    (step,) = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert Path(f"/proc/{step}/comm").read_text().strip() == "segmia train"
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=60) == 128 + signal.SIGTERM
     client, _ = _long_training(tmp_path / "kill", path)

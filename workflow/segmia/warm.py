@@ -160,6 +160,11 @@ def _run_step(step: Callable[[list[str]], int], request: dict, fds: list[int]) -
     sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
     sys.argv = [request["prog"], *request["argv"]]
     random.seed()  # as a fresh interpreter: seeded from the OS, not the worker's state
+    with contextlib.suppress(Exception):  # top and ps -o comm name the step, not the worker
+        import ctypes
+
+        name = f"segmia {' '.join(request['argv'][:1])}"[:15].encode()
+        ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
     code = 1
     try:
         code = step(request["argv"])
