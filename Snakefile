@@ -25,11 +25,13 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-# Jobs import the segmia package of this checkout, run by the interpreter Snakemake runs under
-# (so .venv/bin/snakemake works without activating the venv), or under --sdm conda by the env's.
+# Jobs (and the warm worker) import the segmia package of this checkout, run by the interpreter
+# Snakemake runs under (so .venv/bin/snakemake works without activating the venv), or under
+# --sdm conda by the env's.
+PACKAGE = f"{workflow.basedir}/workflow"
 shell.prefix(
     "set -euo pipefail; "
-    f"export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"export PYTHONPATH={PACKAGE}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
     + (
         ""
         if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
@@ -67,11 +69,7 @@ rule all:
 
 onstart:
     warn_cluster_gpu_limit()
-    warm.start(
-        WARM_SOCKET,
-        Path(ROOT) / "logs" / "warm_worker.log",
-        f"{workflow.basedir}/workflow",
-    )
+    warm.start(WARM_SOCKET, Path(ROOT) / "logs" / "warm_worker.log", PACKAGE)
 
 
 onsuccess:

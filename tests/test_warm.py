@@ -69,6 +69,16 @@ def _served(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if " exited " in line]
 
 
+def _exit_codes(log: Path) -> list[str]:
+    """The exit status of every step the worker ran, in order."""
+    return [line.split(" exited ")[1].split()[0] for line in _served(log)]
+
+
+def _children(pid: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return out.stdout.split()
+
+
 def test_a_training_job_through_the_worker_equals_one_run_in_its_own_process(tmp_path, worker):
     path, log, _ = worker
     data, split = synthetic_ct_job(tmp_path, TINY_SIZES)
@@ -80,14 +90,16 @@ def test_a_training_job_through_the_worker_equals_one_run_in_its_own_process(tmp
         assert "epoch 2/2" in proc.stderr  # the step's log reached the job's own stderr
         runs[name] = tmp_path / name
     assert len(_served(log)) == 1 and "train (process" in _served(log)[0]
-    assert _served(log)[0].split(" exited ")[1].startswith("0 ")
+    assert _exit_codes(log) == ["0"]
     own, warm = (torch.load(runs[n] / "model.pt", weights_only=True) for n in ("own", "warm"))
     assert own.keys() == warm.keys()
     assert all(torch.equal(own[k], warm[k]) for k in own)
-    for name in ("logits.npy", "losses.npy"):
-        query = Path("queries") / "mia" / name
-        if (runs["own"] / query).exists():
-            assert np.array_equal(np.load(runs["own"] / query), np.load(runs["warm"] / query))
+    query = Path("queries") / "mia"
+    assert np.array_equal(
+        np.load(runs["own"] / query / "logits.npy"), np.load(runs["warm"] / query / "logits.npy")
+    )
+    own_samples, warm_samples = (runs[n] / query / "samples.csv" for n in ("own", "warm"))
+    assert own_samples.read_bytes() == warm_samples.read_bytes()
     metrics = [read_json(runs[n] / "metrics.json") for n in ("own", "warm")]
     for key in ("val_dice", "train_loss", "val_loss"):
         assert metrics[0][key] == metrics[1][key], key
@@ -104,7 +116,7 @@ def test_directory_output_and_exit_status_are_the_jobs(tmp_path, worker):
             own.stdout,
             own.stderr,
         ), argv
-    assert [line.split(" exited ")[1].split()[0] for line in _served(log)] == ["0", "1", "2"]
+    assert _exit_codes(log) == ["0", "1", "2"]
     assert own.returncode == 2 and "invalid choice" in own.stderr
 
 
@@ -150,9 +162,7 @@ def test_cancelling_the_job_stops_its_step(tmp_path, worker):
     worker sees the job's connection close and terminates the step)."""
     path, log, proc = worker
     client, _ = _long_training(tmp_path / "term", path)
-    (step,) = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
-    ).stdout.split()
+    (step,) = _children(proc.pid)
     assert Path(f"/proc/{step}/comm").read_text().strip() == "segmia train"
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=60) == 128 + signal.SIGTERM
@@ -160,12 +170,9 @@ def test_cancelling_the_job_stops_its_step(tmp_path, worker):
     client.send_signal(signal.SIGKILL)
     client.wait(timeout=10)
     _wait_for(lambda: len(_served(log)) == 2, timeout=30, what="the step to be terminated")
-    assert [line.split(" exited ")[1].split()[0] for line in _served(log)] == ["143", "143"]
+    assert _exit_codes(log) == ["143", "143"]
     assert not (tmp_path / "kill" / "model" / "model.pt").exists()
-    children = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
-    ).stdout.split()
-    assert children == [], "no step is left running"
+    assert _children(proc.pid) == [], "no step is left running"
 
 
 def test_the_worker_exits_with_the_process_that_started_it(tmp_path):

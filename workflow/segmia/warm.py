@@ -163,7 +163,7 @@ def _run_step(step: Callable[[list[str]], int], request: dict, fds: list[int]) -
     with contextlib.suppress(Exception):  # top and ps -o comm name the step, not the worker
         import ctypes
 
-        name = f"segmia {' '.join(request['argv'][:1])}"[:15].encode()
+        name = f"segmia {_step_name(request)}"[:15].encode()
         ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
     code = 1
     try:
@@ -189,6 +189,10 @@ def _run_step(step: Callable[[list[str]], int], request: dict, fds: list[int]) -
         os._exit(code)
 
 
+def _step_name(request: dict) -> str:
+    return request["argv"][0] if request["argv"] else ""
+
+
 def _say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} segmia warm worker: {message}", file=sys.stderr, flush=True)
 
@@ -207,8 +211,8 @@ class Worker:
         self.path = Path(path)
         self.step = step  # segmia.cli.main
         self.parent = parent or os.getppid()  # the worker lives as long as this process
-        self.jobs: dict[int, socket.socket] = {}  # running steps: process -> client
-        self.steps: dict[int, tuple[str, float]] = {}  # process -> step name, start time
+        #: running steps: process -> (its client's connection, step name, start time)
+        self.jobs: dict[int, tuple[socket.socket, str, float]] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
@@ -249,13 +253,13 @@ class Worker:
             for signum in (*_SIGNALS, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            for sock in (self.listener, self.wake_r, self.wake_w, conn, *self.jobs.values()):
+            clients = (job[0] for job in self.jobs.values())
+            for sock in (self.listener, self.wake_r, self.wake_w, conn, *clients):
                 sock.close()
             _run_step(self.step, request, fds)
         for fd in fds:
             os.close(fd)
-        self.jobs[pid] = conn
-        self.steps[pid] = (" ".join(request["argv"][:1]), time.monotonic())
+        self.jobs[pid] = (conn, _step_name(request), time.monotonic())
         self.selector.register(conn, selectors.EVENT_READ, pid)
         try:
             conn.sendall(b"pid %d\n" % pid)
@@ -275,10 +279,9 @@ class Worker:
                 return
             if pid == 0:
                 return
-            conn = self.jobs.pop(pid, None)
-            if conn is None:
+            if pid not in self.jobs:
                 continue
-            step, started = self.steps.pop(pid)
+            conn, step, started = self.jobs.pop(pid)
             code = _exit_code(status)
             _say(f"{step} (process {pid}) exited {code} after {time.monotonic() - started:.1f} s")
             if conn.fileno() in self.selector.get_map():
@@ -302,13 +305,10 @@ class Worker:
                 for key, _ in self.selector.select(timeout=1.0):
                     if key.data == "accept":
                         self._accept()
-                    elif key.data == "wake":
-                        while True:
-                            try:
-                                if not self.wake_r.recv(512):
-                                    break
-                            except BlockingIOError:
-                                break
+                    elif key.data == "wake":  # SIGCHLD: drained here, reaped below
+                        with contextlib.suppress(BlockingIOError):
+                            while self.wake_r.recv(512):
+                                pass
                     elif not _alive(key.fileobj):  # the job's client is gone
                         self.selector.unregister(key.fileobj)
                         self._cancel(key.data)

@@ -15,17 +15,32 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr
 
 
+def _roc_counts(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray):
+    """For each row of sample ``weights`` (R x n): the members' and the non-members' weight at
+    each distinct score in descending order (ties as one threshold), and their running sums (the
+    weight scored at or above each score): (pos_at, neg_at, tp, fp), each R x distinct scores."""
+    order = np.argsort(-scores, kind="stable")
+    s, y, w = scores[order], labels[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    pos_at = np.add.reduceat(w * y, starts, axis=1)
+    neg_at = np.add.reduceat(w * (1 - y), starts, axis=1)
+    return pos_at, neg_at, np.cumsum(pos_at, axis=1), np.cumsum(neg_at, axis=1)
+
+
+def _tpr_at(tp: np.ndarray, fp: np.ndarray, max_fpr: float) -> np.ndarray:
+    """Per row of running sums (``_roc_counts``): the highest TPR over thresholds whose FPR is at
+    most ``max_fpr`` (0 where none is)."""
+    ok = fp / np.maximum(fp[:, -1:], 1) <= max_fpr + 1e-12
+    return np.where(ok, tp, 0).max(axis=1) / np.maximum(tp[:, -1], 1)
+
+
 def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
     """Highest TPR over thresholds whose FPR is at most ``max_fpr`` (Carlini et al. 2022): every
-    distinct score a threshold (ties as one), in numpy, cheap enough for each bootstrap resample."""
+    distinct score a threshold (ties as one)."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    last = np.r_[s[1:] != s[:-1], True]  # the end of each run of tied scores
-    tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
-    ok = fp / max(int((1 - y).sum()), 1) <= max_fpr + 1e-12
-    return float(tp[ok].max() / max(int(y.sum()), 1)) if ok.any() else 0.0
+    _, _, tp, fp = _roc_counts(labels, scores, np.ones((1, len(scores))))
+    return float(_tpr_at(tp, fp, max_fpr)[0])
 
 
 def roc_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -76,29 +91,23 @@ def bootstrap_cis(
     group_of = np.unique(groups, return_inverse=True)[1].reshape(-1)
     n_groups = int(group_of.max()) + 1
     rng = np.random.default_rng(seed)
+    # one draw per resample, as the resamples were once drawn one by one (the same intervals)
     drawn = np.stack([rng.integers(0, n_groups, n_groups) for _ in range(n)])
-    order = np.argsort(-scores, kind="stable")  # distinct scores descending, ties as one
-    s, y = scores[order], labels[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
     aucs, tprs = [], {key: [] for key in fpr_levels}
-    chunk = max(1, 2_000_000 // max(len(s), 1))  # resamples at once: bounded memory
+    chunk = max(1, 2_000_000 // max(len(scores), 1))  # resamples at once: bounded memory
     for first in range(0, n, chunk):
         # a resample as weights: each sample counts as often as its group was drawn
         rows = drawn[first : first + chunk]
         counts = np.zeros((len(rows), n_groups))
         np.add.at(counts, (np.arange(len(rows))[:, None], rows), 1)
-        weights = counts[:, group_of[order]]
-        pos_at = np.add.reduceat(weights * y, starts, axis=1)  # members' weight per score
-        neg_at = np.add.reduceat(weights * (1 - y), starts, axis=1)
-        tp, fp = np.cumsum(pos_at, axis=1), np.cumsum(neg_at, axis=1)  # at or above a score
+        pos_at, neg_at, tp, fp = _roc_counts(labels, scores, counts[:, group_of])
         pos, neg = tp[:, -1], fp[:, -1]
         kept = (pos > 0) & (neg > 0)  # a resample of members alone or non-members alone: skipped
         tp, fp, pos_at, neg_at, pos, neg = (a[kept] for a in (tp, fp, pos_at, neg_at, pos, neg))
         # AUC (Mann-Whitney, ties count half): each member against the non-members below it
         aucs.extend((pos_at * (neg[:, None] - fp + neg_at / 2)).sum(axis=1) / (pos * neg))
         for key, max_fpr in fpr_levels.items():
-            ok = fp / neg[:, None] <= max_fpr + 1e-12
-            tprs[key].extend(np.where(ok, tp, 0).max(axis=1) / pos)
+            tprs[key].extend(_tpr_at(tp, fp, max_fpr))
     q = [(1 - level) / 2, 1 - (1 - level) / 2]
     out = dict(zip(("auc_ci_low", "auc_ci_high"), map(float, np.quantile(aucs, q)), strict=True))
     for key, values in tprs.items():

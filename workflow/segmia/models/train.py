@@ -289,7 +289,8 @@ def fit(
         if extras.regulariser is not None:
             extras.regulariser.on_epoch_start(run.trained, gen)
         losses = _epoch(run, train, recipe, extras, gen, device)
-        validated = epoch % recipe.validate_every == 0 or epoch == recipe.epochs - 1
+        last = epoch == recipe.epochs - 1
+        validated = last or epoch % recipe.validate_every == 0
         if validated:
             val_scores = evaluate(
                 run.trained, val, run.val_loss_fn, task, recipe.batch_size, device, run.amp
@@ -317,7 +318,7 @@ def fit(
             run.trained,
             run.optimizer,
             run.scaler,
-            last=epoch == recipe.epochs - 1,
+            last=last,
             transform=_state(extras.transform),
             regulariser=_state(extras.regulariser),
             accountant=engine.accountant.state_dict() if engine is not None else None,
